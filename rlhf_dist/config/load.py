@@ -1,0 +1,214 @@
+"""Loading a run config: YAML file, then dotted ``key=value`` overrides, then validation.
+
+Every problem a user can cause here becomes one :class:`ConfigError` listing each bad key with
+the value seen and what is allowed, so the CLI can print it and exit 2 before any actor starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rlhf_dist.config.schema import RunConfig
+from rlhf_dist.errors import UserError
+
+DEFAULT_CONFIG_NAME = "tiny.yaml"
+
+
+class ConfigError(UserError):
+    """A config that cannot run: one line per problem, each naming the key path."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None):
+        self.problems = list(problems)
+        head = f"invalid config{f' ({source})' if source else ''}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+
+def default_config_path() -> Path:
+    """The embedded default run: ``rlhf_dist/defaults/tiny.yaml`` (``examples/tiny.yaml`` links to it)."""
+    return Path(str(resources.files("rlhf_dist") / "defaults" / DEFAULT_CONFIG_NAME))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read ``path`` (the embedded default when None), apply overrides, validate everything."""
+    from rlhf_dist.config.validate import validate_config
+
+    source = str(path) if path is not None else "the embedded default"
+    raw = read_yaml(Path(path) if path is not None else default_config_path())
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, raw) for err in exc.errors()], source) from None
+    problems = validate_config(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(
+            [f"config file {str(path)!r} does not exist; pass an existing YAML file, or none for the default"]
+        )
+    if path.is_dir():
+        raise ConfigError([f"config path {str(path)!r} is a directory; pass a YAML file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path} must hold a mapping of sections (model:, rollout:, ...), got {type(data).__name__}"])
+    return data
+
+
+def dump_config(config: RunConfig) -> str:
+    """YAML that :func:`load_config` accepts back unchanged."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+# -- overrides -------------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"learner.optimizer.lr=1e-6"`` -> ``("learner.optimizer.lr", "1e-6")``; values are read as YAML."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"override {item!r} is not of the form key=value (e.g. learner.num_workers=2)"])
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # let the schema decide what the string may be
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key = "a.b.c"``; numeric parts index lists."""
+    parts = key.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: depth + 1]))
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise ConfigError([f"{path}: cannot set a key inside a {type(node).__name__} value"])
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _list_index(node: list[Any], part: str, path: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError([f"{path}: the list has {len(node)} items; use an index 0..{len(node) - 1}"])
+    return int(part)
+
+
+# -- error messages --------------------------------------------------------------------------------
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    """One line for one pydantic error: the dotted key path, the value seen, what is allowed."""
+    path, parent = _field_path(err["loc"], unknown_key=err["type"] == "extra_forbidden")
+    dotted = ".".join(path) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{dotted}: unknown key{_did_you_mean(path[-1], parent, path[:-1])}"
+    if err["type"] == "missing":
+        return f"{dotted}: required key is missing"
+    shown = _lookup(raw, path)
+    return f"{dotted}: got {shown!r}; {_lowercase_first(err['msg'])}"
+
+
+def _field_path(loc: tuple[Any, ...], unknown_key: bool) -> tuple[list[str], type[BaseModel] | None]:
+    """Turn pydantic's ``loc`` into a dotted key path, dropping its union-member labels.
+
+    Also returns the model class that holds the last key (for did-you-mean suggestions).
+    """
+    model: type[BaseModel] | None = RunConfig
+    path: list[str] = []
+    for position, item in enumerate(loc):
+        if isinstance(item, int):
+            path.append(str(item))
+        elif model is not None and item in model.model_fields:
+            path.append(item)
+            if position < len(loc) - 1:
+                model = _find_model(model.model_fields[item].annotation)
+        elif unknown_key and position == len(loc) - 1:
+            path.append(str(item))
+    return path, model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(key: str, parent: type[BaseModel] | None, prefix: list[str]) -> str:
+    if parent is None:
+        return ""
+    siblings = list(parent.model_fields)
+    everywhere = _all_paths(RunConfig)
+    exact = [p for p in everywhere if p.rsplit(".", 1)[-1] == key]
+    if exact:
+        return f"; did you mean {' or '.join(repr(p) for p in exact)}?"
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {'.'.join([*prefix, close[0]])!r}?"
+    leaves = sorted({p.rsplit(".", 1)[-1] for p in everywhere})
+    for name in difflib.get_close_matches(key, leaves, n=1, cutoff=0.75):
+        found = [p for p in everywhere if p.rsplit(".", 1)[-1] == name]
+        return f"; did you mean {' or '.join(repr(p) for p in found)}?"
+    return f"; allowed keys here: {', '.join(siblings)}"
+
+
+def _all_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        sub = _find_model(info.annotation)
+        if sub is not None:
+            paths.extend(_all_paths(sub, f"{path}."))
+    return paths
+
+
+def _lookup(raw: Any, path: list[str]) -> Any:
+    node = raw
+    for part in path:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _lowercase_first(msg: str) -> str:
+    return msg[:1].lower() + msg[1:]

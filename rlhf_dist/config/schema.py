@@ -1,0 +1,206 @@
+"""The typed configuration tree of a run.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown key is an error, not a
+silently ignored typo. Field constraints (ranges, choices) live here; checks that involve several
+fields live in :mod:`rlhf_dist.config.validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Shape of the random-init model built when ``model.path`` is null (no download needed)."""
+
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(128, ge=32, description="num_heads * 64: vLLM's CPU attention needs head_dim 64")
+    num_layers: int = Field(2, ge=1, le=64)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    vocab_size: int = Field(512, ge=300, le=65536, description="BPE vocabulary trained locally")
+    max_position_embeddings: int = Field(512, ge=64)
+
+
+class ModelConfig(Section):
+    """The policy to train."""
+
+    path: str | None = Field(None, description="Hugging Face model directory or hub name; null = tiny local model")
+    tokenizer: str | None = Field(None, description="tokenizer path; null = the model's own")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class DataConfig(Section):
+    """Where the prompts come from."""
+
+    prompts: str = Field(
+        "builtin:letters",
+        description="JSONL/Parquet path, a `datasets` directory, or builtin:<task> for a synthetic task",
+    )
+    prompt_key: str = "prompt"
+    max_prompt_tokens: int = Field(64, ge=1)
+    overlong: Literal["truncate", "skip"] = Field("truncate", description="policy for prompts past max_prompt_tokens")
+    shuffle: bool = True
+    num_builtin_prompts: int = Field(1024, ge=1, description="size of a builtin synthetic prompt set")
+
+
+class SamplingConfig(Section):
+    """Sampling for rollouts. Logprobs are of the temperature-scaled distribution."""
+
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1, description="-1 = off")
+    max_new_tokens: int = Field(16, ge=1)
+
+
+class RolloutConfig(Section):
+    """The rollout generators."""
+
+    engine: Literal["vllm", "hf"] = Field("vllm", description="vllm, or transformers generate where vLLM cannot run")
+    num_workers: int = Field(1, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    samples_per_prompt: int = Field(4, ge=1, description="group size for grpo/rloo")
+    sampling: SamplingConfig = SamplingConfig()
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    max_model_len: int = Field(256, ge=16)
+    kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+
+
+class RewardComponent(Section):
+    """One term of the reward; the scorer sums ``weight * value`` over components."""
+
+    type: Literal["model", "rule", "python", "remote"]
+    name: str | None = Field(None, description="rule: registry name; model/python/remote: label in metrics")
+    path: str | None = Field(None, description="model: directory; python: module:function")
+    url: str | None = Field(None, description="remote: HTTP endpoint")
+    weight: float = 1.0
+
+
+class RewardConfig(Section):
+    """The reward scorer."""
+
+    components: list[RewardComponent] = Field(
+        default_factory=lambda: [RewardComponent(type="rule", name="letters")]
+    )
+    gold: str | None = Field(None, description="registry name of a gold rule, logged but not trained on")
+    clip: float | None = Field(None, gt=0.0, description="clip the summed reward to [-clip, clip]")
+    timeout_s: float = Field(30.0, gt=0.0)
+    num_workers: int = Field(1, ge=1)
+
+
+class ReferenceConfig(Section):
+    """The frozen reference policy."""
+
+    path: str | None = Field(None, description="null = the initial policy")
+    num_workers: int = Field(1, ge=1)
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-5, gt=0.0, le=1.0)
+    critic_lr: float = Field(5e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LearnerConfig(Section):
+    """The DeepSpeed learners: ``num_workers`` actors form one data-parallel world."""
+
+    num_workers: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    mini_batch_size: int = Field(32, ge=1, description="sequences per optimizer step (all ranks)")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward pass, per rank")
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    grad_clip: float = Field(1.0, gt=0.0)
+    gradient_checkpointing: bool = False
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lora: LoraConfig = LoraConfig()
+    critic_init: Literal["policy", "reward_model"] = "policy"
+
+
+class KLConfig(Section):
+    coef: float = Field(0.05, ge=0.0)
+    kind: Literal["k1", "k2", "k3"] = "k1"
+    mode: Literal["reward", "loss"] = Field("reward", description="penalise the reward, or add a loss term")
+    adaptive: bool = False
+    target: float | None = Field(None, gt=0.0, description="target KL (nats per sequence) when adaptive")
+    horizon: int = Field(10000, ge=1)
+
+
+class AlgorithmConfig(Section):
+    name: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = "grpo"
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0)
+    clip_high: float = Field(0.2, gt=0.0)
+    value_clip: float = Field(0.2, gt=0.0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    normalize_group_std: bool = True
+    whiten_advantages: bool = False
+    kl: KLConfig = KLConfig()
+
+
+class RoleResources(Section):
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per worker (fractions share a GPU)")
+    num_cpus: float = Field(0.5, gt=0.0, description="CPUs per worker")
+
+
+class PlacementConfig(Section):
+    """Resources per worker of each role; worker counts live in each role's section."""
+
+    rollout: RoleResources = RoleResources()
+    reward: RoleResources = RoleResources(num_cpus=0.25)
+    reference: RoleResources = RoleResources(num_cpus=0.25)
+    learner: RoleResources = RoleResources()
+    colocate: bool = Field(False, description="rollout and learner share GPUs; vLLM sleeps while training")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class LoggingConfig(Section):
+    log_every: int = Field(1, ge=1)
+    tensorboard: bool = True
+    progress_bar: bool = True
+    samples_every: int = Field(5, ge=0, description="log a few completions every N steps; 0 = never")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(5, ge=0, description="steps between checkpoints; 0 = only at the end")
+    keep_last: int = Field(2, ge=1)
+    save_final: bool = True
+
+
+class RunConfig(Section):
+    """A whole run."""
+
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    steps: int = Field(20, ge=1)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    learner: LearnerConfig = LearnerConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    placement: PlacementConfig = PlacementConfig()
+    logging: LoggingConfig = LoggingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()

@@ -1,0 +1,154 @@
+"""Cross-field checks: everything about a config that no single field can know alone.
+
+`validate_config` returns a list of problems (empty when the config can run); each names the keys
+involved, the values seen and a way to fix it.
+"""
+
+from __future__ import annotations
+
+from rlhf_dist.config.schema import RunConfig
+
+# Head dims that vLLM's CPU attention is known to accept (STACK-NOTES: 16 was rejected, 64 works).
+VLLM_HEAD_DIMS = (64, 128)
+
+
+def validate_config(cfg: RunConfig) -> list[str]:
+    problems: list[str] = []
+    for check in (_batch_sizes, _algorithm, _kl, _lengths, _tiny_model, _reward, _placement):
+        problems.extend(check(cfg))
+    return problems
+
+
+def _batch_sizes(cfg: RunConfig) -> list[str]:
+    rollout, learner = cfg.rollout, cfg.learner
+    batch = rollout.prompts_per_step * rollout.samples_per_prompt
+    per_optimizer_step = learner.num_workers * learner.micro_batch_size
+    problems = []
+    if batch % learner.mini_batch_size:
+        problems.append(
+            f"learner.mini_batch_size={learner.mini_batch_size} does not divide the rollout batch of "
+            f"{batch} sequences (rollout.prompts_per_step={rollout.prompts_per_step} x "
+            f"rollout.samples_per_prompt={rollout.samples_per_prompt}); pick a divisor of {batch}"
+        )
+    if learner.mini_batch_size % per_optimizer_step:
+        problems.append(
+            f"learner.mini_batch_size={learner.mini_batch_size} is not a multiple of "
+            f"learner.num_workers x learner.micro_batch_size = {learner.num_workers} x "
+            f"{learner.micro_batch_size} = {per_optimizer_step}; every rank needs whole micro-batches"
+        )
+    if batch % learner.num_workers:
+        problems.append(
+            f"the rollout batch of {batch} sequences does not split evenly over "
+            f"learner.num_workers={learner.num_workers}"
+        )
+    return problems
+
+
+def _algorithm(cfg: RunConfig) -> list[str]:
+    algo = cfg.algorithm
+    problems = []
+    if algo.name in ("grpo", "rloo") and cfg.rollout.samples_per_prompt < 2:
+        problems.append(
+            f"algorithm.name={algo.name} compares samples of one prompt, so "
+            f"rollout.samples_per_prompt must be >= 2 (got {cfg.rollout.samples_per_prompt})"
+        )
+    if algo.name != "ppo" and cfg.learner.critic_init != "policy":
+        problems.append(
+            f"learner.critic_init={cfg.learner.critic_init} only applies to algorithm.name=ppo "
+            f"(got {algo.name}); remove it"
+        )
+    if cfg.learner.critic_init == "reward_model" and not any(
+        c.type == "model" for c in cfg.reward.components
+    ):
+        problems.append(
+            "learner.critic_init=reward_model needs a reward component of type 'model' to copy from"
+        )
+    return problems
+
+
+def _kl(cfg: RunConfig) -> list[str]:
+    kl = cfg.algorithm.kl
+    problems = []
+    if kl.mode == "loss" and kl.kind == "k1":
+        problems.append(
+            "algorithm.kl.kind=k1 with algorithm.kl.mode=loss: k1 as a loss has zero expected "
+            "gradient; use k2 or k3 as a loss, or k1 with mode=reward"
+        )
+    if kl.adaptive and kl.target is None:
+        problems.append("algorithm.kl.adaptive=true needs algorithm.kl.target (nats per sequence)")
+    return problems
+
+
+def _lengths(cfg: RunConfig) -> list[str]:
+    need = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
+    problems = []
+    if need > cfg.rollout.max_model_len:
+        problems.append(
+            f"data.max_prompt_tokens + rollout.sampling.max_new_tokens = "
+            f"{cfg.data.max_prompt_tokens} + {cfg.rollout.sampling.max_new_tokens} = {need} exceeds "
+            f"rollout.max_model_len={cfg.rollout.max_model_len}; raise it or shorten one of them"
+        )
+    if cfg.model.path is None and cfg.rollout.max_model_len > cfg.model.tiny.max_position_embeddings:
+        problems.append(
+            f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the tiny model's "
+            f"model.tiny.max_position_embeddings={cfg.model.tiny.max_position_embeddings}"
+        )
+    return problems
+
+
+def _tiny_model(cfg: RunConfig) -> list[str]:
+    if cfg.model.path is not None:
+        return []
+    tiny = cfg.model.tiny
+    if tiny.hidden_size % tiny.num_heads:
+        return [
+            f"model.tiny.hidden_size={tiny.hidden_size} is not divisible by "
+            f"model.tiny.num_heads={tiny.num_heads}"
+        ]
+    head_dim = tiny.hidden_size // tiny.num_heads
+    if cfg.rollout.engine == "vllm" and head_dim not in VLLM_HEAD_DIMS:
+        return [
+            f"model.tiny head_dim = hidden_size/num_heads = {head_dim}; vLLM's CPU attention needs "
+            f"one of {VLLM_HEAD_DIMS} (e.g. hidden_size={64 * tiny.num_heads})"
+        ]
+    return []
+
+
+def _reward(cfg: RunConfig) -> list[str]:
+    problems = []
+    if not cfg.reward.components:
+        problems.append("reward.components is empty; add at least one (type: rule|model|python|remote)")
+    for i, comp in enumerate(cfg.reward.components):
+        where = f"reward.components.{i}"
+        if comp.type == "rule" and not comp.name:
+            problems.append(f"{where}: type 'rule' needs a name from the rule registry")
+        if comp.type == "model" and not comp.path:
+            problems.append(f"{where}: type 'model' needs path (a reward-model directory)")
+        if comp.type == "python" and (not comp.path or ":" not in comp.path):
+            problems.append(
+                f"{where}: type 'python' needs path as module:function, got {comp.path!r}"
+            )
+        if comp.type == "remote" and not comp.url:
+            problems.append(f"{where}: type 'remote' needs url (http://host:port/path)")
+    names = [c.name or c.path or c.url for c in cfg.reward.components]
+    duplicates = sorted({n for n in names if names.count(n) > 1 and n})
+    if duplicates:
+        problems.append(f"reward.components: each component needs a distinct name; repeated: {duplicates}")
+    return problems
+
+
+def _placement(cfg: RunConfig) -> list[str]:
+    tp = cfg.rollout.tensor_parallel_size
+    gpus = cfg.placement.rollout.num_gpus
+    problems = []
+    if tp > 1 and gpus != tp:
+        problems.append(
+            f"rollout.tensor_parallel_size={tp} needs placement.rollout.num_gpus={tp} per worker "
+            f"(got {gpus}): each vLLM engine owns its tensor-parallel group"
+        )
+    if cfg.placement.colocate and (gpus == 0 or cfg.placement.learner.num_gpus == 0):
+        problems.append(
+            "placement.colocate=true shares GPUs between rollout and learner; set "
+            "placement.rollout.num_gpus and placement.learner.num_gpus > 0, or colocate=false"
+        )
+    return problems
