@@ -1,0 +1,110 @@
+"""Config: the default, overrides, round trips and every kind of bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_dist.config import ConfigError, default_config_path, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(*overrides, path=None):
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return "\n".join(info.value.problems)
+
+
+def test_default_is_the_tiny_example():
+    assert (REPO / "examples" / "tiny.yaml").read_text() == default_config_path().read_text()
+    cfg = load_config()
+    assert cfg.name == "tiny" and cfg.rollout.engine == "vllm"
+    assert cfg.learner.num_workers == 2 and cfg.learner.zero_stage == 2
+    assert cfg.checkpoint.every == 5
+
+
+def test_dump_loads_back_unchanged(tmp_path):
+    cfg = load_config(None, ["learner.optimizer.lr=3e-6", "algorithm.name=ppo", "learner.lora.target_modules=[q_proj,v_proj]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(path)
+    assert again == cfg
+    assert dump_config(again) == dump_config(cfg)
+
+
+def test_overrides_parse_types():
+    cfg = load_config(
+        None,
+        [
+            "learner.optimizer.lr=1e-6",  # YAML 1.1 reads this as a string; the schema makes it a float
+            "rollout.sampling.temperature=0.7",
+            "logging.tensorboard=false",
+            "reward.components.0.weight=2",
+            "model.path=/models/x",
+        ],
+    )
+    assert cfg.learner.optimizer.lr == 1e-6
+    assert cfg.rollout.sampling.temperature == 0.7
+    assert cfg.logging.tensorboard is False
+    assert cfg.reward.components[0].weight == 2.0
+    assert cfg.model.path == "/models/x"
+
+
+def test_unknown_key_suggests_the_right_one():
+    assert "learner.zero_stag: unknown key; did you mean 'learner.zero_stage'?" in problems("learner.zero_stag=2")
+    assert "did you mean 'learner.optimizer.lr'?" in problems("learner.lr=1e-5")
+    assert "did you mean 'rollout.sampling.temperature'?" in problems("temperatur=1")
+
+
+def test_wrong_type_and_range_name_path_value_and_allowed():
+    text = problems("learner.num_workers=abc", "learner.zero_stage=5", "rollout.sampling.top_p=1.5")
+    assert "learner.num_workers: got 'abc'; input should be a valid integer" in text
+    assert "learner.zero_stage: got 5; input should be 0, 1, 2 or 3" in text
+    assert "rollout.sampling.top_p: got 1.5; input should be less than or equal to 1" in text
+
+
+def test_conflicting_batch_sizes():
+    text = problems("learner.mini_batch_size=24")
+    assert "learner.mini_batch_size=24 does not divide the rollout batch of 64 sequences" in text
+    assert "not a multiple of learner.num_workers x learner.micro_batch_size = 2 x 8 = 16" in text
+    assert "does not split evenly over learner.num_workers=3" in problems(
+        "learner.num_workers=3", "learner.micro_batch_size=1", "learner.mini_batch_size=3", "rollout.prompts_per_step=5"
+    )
+
+
+def test_group_algorithms_need_groups_of_two():
+    assert "rollout.samples_per_prompt must be >= 2 (got 1)" in problems(
+        "algorithm.name=rloo", "rollout.samples_per_prompt=1", "rollout.prompts_per_step=32"
+    )
+
+
+def test_k1_as_loss_is_rejected_with_the_reason():
+    assert "k1 as a loss has zero expected gradient" in problems("algorithm.kl.kind=k1", "algorithm.kl.mode=loss")
+    load_config(None, ["algorithm.kl.kind=k1", "algorithm.kl.mode=reward"])  # fine as a penalty
+
+
+def test_other_cross_field_checks():
+    assert "needs algorithm.kl.target" in problems("algorithm.kl.adaptive=true")
+    assert "exceeds rollout.max_model_len=40" in problems("rollout.max_model_len=40")
+    assert "head_dim = hidden_size/num_heads = 32" in problems("model.tiny.hidden_size=64")
+    assert "type 'python' needs path as module:function" in problems("reward.components.0.type=python")
+    assert "tensor_parallel_size=2 needs placement.rollout.num_gpus=2" in problems("rollout.tensor_parallel_size=2")
+
+
+def test_missing_file_bad_yaml_and_bad_override(tmp_path):
+    assert "does not exist" in problems(path=tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  num_workers: [1\n")
+    assert "is not valid YAML at line" in problems(path=bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    assert "must hold a mapping of sections" in problems(path=listy)
+    assert "is not of the form key=value" in problems("=3")
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "steps": 3, "learner": {"num_workers": 1}}))
+    cfg = load_config(path, ["steps=7"])
+    assert (cfg.name, cfg.steps, cfg.learner.num_workers) == ("mine", 7, 1)
