@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=_config_show)
 
+    train = commands.add_parser("train", help="run RL training (no CONFIG: the embedded tiny CPU run)")
+    train.add_argument(
+        "items", nargs="*", metavar="[CONFIG] [key=value ...]",
+        help="a YAML file (default: the embedded tiny run), then dotted overrides",
+    )
+    train.add_argument("--run-dir", default=None, help="output directory (default: runs/<name>-<timestamp>)")
+    train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    train.set_defaults(handler=_train)
+
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"
     )
@@ -78,6 +87,18 @@ def _config_show(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_args(args.items)
     print(dump_config(load_config(path, overrides)), end="")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from launch.run import train
+    from rlhf_dist.config import load_config
+
+    path, overrides = split_config_args(args.items)
+    cfg = load_config(path, overrides)
+    train(cfg, Path(args.run_dir) if args.run_dir else None, progress=False if args.no_progress else None)
     return 0
 
 

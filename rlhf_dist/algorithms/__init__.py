@@ -19,7 +19,13 @@ from rlhf_dist.algorithms.losses import (
     ppo_policy_loss,
     value_loss,
 )
-from rlhf_dist.algorithms.masking import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf_dist.algorithms.masking import (
+    masked_fill_zero,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
 
 __all__ = [
     "KL_KINDS",
@@ -32,6 +38,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "kl_estimate",
+    "masked_fill_zero",
     "masked_mean",
     "masked_sum",
     "masked_var",

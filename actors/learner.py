@@ -1,0 +1,58 @@
+"""`Learner`: one rank of the DeepSpeed world. Call parameter-touching methods on all ranks at once."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from actors.common import ComputeClock, computing
+from rlhf_dist.config import RunConfig
+from rlhf_dist.experience import Experience
+from rlhf_dist.learner import Learner as LearnerCore
+from rlhf_dist.weight_sync import Bucket, free_port, node_ip
+
+
+@ray.remote
+class Learner(ComputeClock):
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.core: LearnerCore | None = None
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0's address and a free port, for the DeepSpeed world and the sync group."""
+        return node_ip(), free_port()
+
+    def setup(self, cfg: RunConfig, model_path: str, world_size: int, master_addr: str, master_port: int, critic_path: str | None = None) -> bool:
+        self.core = LearnerCore(cfg, model_path, self.rank, world_size, master_addr, master_port, critic_path)
+        return True
+
+    @computing
+    def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
+        return self.core.train(shard, kl_coef)
+
+    @computing
+    def values(self, shard: Experience) -> torch.Tensor:
+        return self.core.values(shard)
+
+    @computing
+    def logprobs(self, shard: Experience) -> torch.Tensor:
+        return self.core.logprobs(shard)
+
+    def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
+        return self.core.weight_buckets(bucket_bytes)
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
+        return self.core.init_weight_sync(host, port, world_size, generation)
+
+    @computing
+    def broadcast_weights(self, buckets: list[Bucket]) -> list[int]:
+        return self.core.broadcast_weights(buckets)
+
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        return self.core.probe_logprobs(token_ids)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.core.full_state_dict()
+
+    def save_pretrained(self, out_dir: str, tokenizer_path: str) -> str | None:
+        return self.core.save_pretrained(out_dir, tokenizer_path)

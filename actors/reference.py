@@ -1,0 +1,24 @@
+"""`ReferenceActor`: the frozen initial policy, answering log-prob queries."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from actors.common import ComputeClock, computing
+from rlhf_dist.config import RunConfig
+from rlhf_dist.experience import Experience
+from rlhf_dist.reference import ReferenceModel
+
+
+@ray.remote
+class ReferenceActor(ComputeClock):
+    def __init__(self, model_path: str, cfg: RunConfig):
+        self.model = ReferenceModel(model_path, cfg)
+
+    def ready(self) -> bool:
+        return True
+
+    @computing
+    def logprobs(self, exp: Experience) -> torch.Tensor:
+        return self.model.logprobs(exp)

@@ -1,0 +1,35 @@
+"""`RolloutWorker`: a Ray actor that owns one inference engine (vLLM, or transformers)."""
+
+from __future__ import annotations
+
+import ray
+
+from actors.common import ComputeClock, computing
+from rlhf_dist.config import RunConfig
+from rlhf_dist.config.schema import SamplingConfig
+from rlhf_dist.rollout import Request, Sample, make_engine
+from rlhf_dist.weight_sync import Bucket
+
+
+@ray.remote
+class RolloutWorker(ComputeClock):
+    def __init__(self, model_path: str, cfg: RunConfig, seed: int):
+        self.engine = make_engine(model_path, cfg, seed)
+
+    def ready(self) -> bool:
+        return True
+
+    @computing
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
+        return self.engine.generate(requests, sampling)
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> bool:
+        self.engine.init_weight_sync(host, port, rank_offset, world_size, backend, generation)
+        return True
+
+    @computing
+    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+        return self.engine.receive_weights(buckets)
+
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        return self.engine.probe_logprobs(token_ids)

@@ -1,0 +1,109 @@
+"""`rlhf-dist train`: check everything that can be checked, start Ray and the actors, run the driver."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf_dist.config import RunConfig, dump_config
+from rlhf_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = "write letters: the red apple and the blue moon"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[dict[str, float]]
+    final_dir: Path | None
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Create the run directory; refuse one that already holds a run (nothing gets overwritten)."""
+    if (run_dir / "metrics.jsonl").exists():
+        raise UserError(
+            f"run directory {str(run_dir)!r} already holds a run (metrics.jsonl); pick a new --run-dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to the run directory {str(run_dir)!r}: {exc.strerror}; pick another --run-dir") from None
+    return run_dir
+
+
+def resolve_model(cfg: RunConfig, run_dir: Path) -> str:
+    """The policy's directory: model.path, or a tiny model built into the run directory."""
+    if cfg.model.path is not None:
+        return cfg.model.path
+    from rlhf_dist.tiny import make_tiny
+
+    return str(make_tiny(run_dir / "tiny-model", cfg.model.tiny, seed=cfg.seed).policy)
+
+
+def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None) -> RunResult:
+    from rlhf_dist.data import load_prompts
+    from rlhf_dist.metrics import MetricsLogger, summary_table
+    from rlhf_dist.models import load_tokenizer
+
+    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    model_path = resolve_model(cfg, run_dir)
+    tokenizer_path = cfg.model.tokenizer or model_path
+    tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
+    prompt_set = load_prompts(cfg.data, tokenizer, cfg.seed)
+    if len(prompt_set.prompts) < cfg.rollout.prompts_per_step:
+        raise UserError(
+            f"the data has {len(prompt_set.prompts)} usable prompts, fewer than "
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}; add prompts or lower it"
+        )
+    probe_ids = tokenizer(PROBE_TEXT).input_ids
+
+    from launch.roles import build_roles, start_ray, stop_roles
+    from rlhf_dist.driver import Driver, gather
+
+    started_ray = start_ray(cfg)
+    roles = None
+    try:
+        roles, sync_address = build_roles(cfg, model_path)
+        show_progress = cfg.logging.progress_bar if progress is None else progress
+        with MetricsLogger(
+            run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps
+        ) as metrics:
+            driver = Driver(cfg, roles, prompt_set.prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address)
+            records = driver.run()
+        final_dir = run_dir / "final" if cfg.checkpoint.save_final else None
+        if final_dir is not None:
+            gather([l.save_pretrained.remote(str(final_dir), tokenizer_path) for l in roles.learners], "learner (save)")
+    finally:
+        stop_roles(roles, started_ray)
+    print(summary_table(records))
+    print(f"\noutputs: {run_dir}/ (config.yaml, metrics.jsonl, tensorboard/, samples.jsonl"
+          + (", final/ = the trained policy in Hugging Face format)" if final_dir else ")"))
+    return RunResult(run_dir, records, final_dir)
+
+
+def required_cpus(cfg: RunConfig) -> float:
+    p = cfg.placement
+    return (
+        cfg.rollout.num_workers * p.rollout.num_cpus
+        + cfg.reward.num_workers * p.reward.num_cpus
+        + cfg.reference.num_workers * p.reference.num_cpus
+        + cfg.learner.num_workers * p.learner.num_cpus
+    )
+
+
+def local_cpus(cfg: RunConfig) -> int:
+    return max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))

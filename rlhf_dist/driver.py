@@ -1,0 +1,290 @@
+"""The driver: one RL step as named phases, read top to bottom.
+
+    generate -> score -> reference -> values -> advantages -> train -> sync
+
+It works on actor handles that `launch` creates (any objects with the same remote methods), moves
+`Experience` batches between them, and keeps the generators' weights equal to the learner's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import torch
+
+from rlhf_dist.algorithms import AdaptiveKLController, FixedKLController
+from rlhf_dist.config import RunConfig
+from rlhf_dist.data import Prompt, PromptSampler
+from rlhf_dist.experience import Experience
+from rlhf_dist.metrics import MetricsLogger
+from rlhf_dist.rollout import Request, Sample, request_seed
+from rlhf_dist.shaping import compute_advantages
+from rlhf_dist.weight_sync import DEFAULT_BUCKET_BYTES, WeightSyncError, verify_checksums
+
+log = logging.getLogger(__name__)
+
+PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")
+
+
+class ActorFailed(RuntimeError):
+    """A remote call failed; the message names the role."""
+
+
+@dataclass
+class Roles:
+    """Actor handles per role, as built by `launch`."""
+
+    rollout: list[Any]
+    reward: list[Any]
+    reference: list[Any]
+    learners: list[Any]
+
+    def all(self) -> list[Any]:
+        return [*self.rollout, *self.reward, *self.reference, *self.learners]
+
+
+def gather(refs: list[Any], role: str) -> list[Any]:
+    """``ray.get`` on a list, naming the role when a remote call raised."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        raise ActorFailed(f"{role} failed: {exc.cause if exc.cause is not None else exc}") from exc
+    except ray.exceptions.RayActorError as exc:
+        raise ActorFailed(f"{role} actor died: {exc}") from exc
+
+
+class Driver:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        roles: Roles,
+        prompts: list[Prompt],
+        pad_token_id: int,
+        probe_ids: list[int],
+        metrics: MetricsLogger,
+        sync_address: tuple[str, int],
+    ):
+        self.cfg, self.roles, self.prompts, self.pad = cfg, roles, prompts, pad_token_id
+        self.probe_ids, self.metrics, self.sync_address = probe_ids, metrics, sync_address
+        self.sampler = PromptSampler(len(prompts), seed=cfg.seed, shuffle=cfg.data.shuffle)
+        kl = cfg.algorithm.kl
+        self.kl_ctl = AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
+        self.policy_version = 0
+        self.timings: dict[str, float] = {}
+        self.buckets: list = []
+        self.records: list[dict[str, float]] = []
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, float]]:
+        self.setup_weight_sync()
+        for step in range(self.cfg.steps):
+            self.records.append(self.step(step))
+        return self.records
+
+    def step(self, step: int) -> dict[str, float]:
+        self.timings = {}
+        started = time.time()
+        with self.phase("generate"):
+            exp, texts = self.generate(step)
+        with self.phase("score"):
+            reward_stats = self.score(exp, texts)
+        with self.phase("reference"):
+            exp.ref_logprobs = self.reference(exp)
+        with self.phase("values"):
+            exp.values = self.values(exp)
+        with self.phase("advantages"):
+            adv_stats = compute_advantages(exp, self.cfg.algorithm, self.kl_ctl.value, self.cfg.rollout.samples_per_prompt)
+        with self.phase("train"):
+            train_stats = self.train(exp)
+        with self.phase("sync"):
+            sync_stats = self.sync_weights()
+        self.kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
+        record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
+        self.metrics.log(step, {k: v for k, v in record.items() if k != "step"})
+        self.log_samples(step, exp, texts)
+        return record
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def generate(self, step: int) -> tuple[Experience, dict[str, list[str]]]:
+        """Sample ``samples_per_prompt`` responses for each of this step's prompts."""
+        rollout = self.cfg.rollout
+        indices = self.sampler.next_batch(rollout.prompts_per_step)
+        requests = [
+            Request(i, s, self.prompts[i].ids, request_seed(self.cfg.seed, step, i, s))
+            for i in indices
+            for s in range(rollout.samples_per_prompt)
+        ]
+        # Whole groups per worker, so one worker's batch shares prompt prefixes.
+        per_worker = [requests[w :: len(self.roles.rollout)] for w in range(len(self.roles.rollout))]
+        results = gather(
+            [w.generate.remote(reqs, rollout.sampling) for w, reqs in zip(self.roles.rollout, per_worker) if reqs],
+            "rollout",
+        )
+        by_key = {(s.prompt_index, s.sample_index): s for part in results for s in part}
+        samples = [by_key[(r.prompt_index, r.sample_index)] for r in requests]
+        texts = {
+            "prompts": [self.prompts[s.prompt_index].text for s in samples],
+            "responses": [s.text for s in samples],
+        }
+        return self.to_experience(samples), texts
+
+    def score(self, exp: Experience, texts: dict[str, list[str]]) -> dict[str, float]:
+        shards = _chunks(list(range(exp.batch_size)), len(self.roles.reward))
+        results = gather(
+            [
+                scorer.score.remote([texts["prompts"][i] for i in rows], [texts["responses"][i] for i in rows])
+                for scorer, rows in zip(self.roles.reward, shards)
+            ],
+            "reward scorer",
+        )
+        exp.scores = torch.cat([r.total for r in results]).float()
+        exp.reward_components = {k: torch.cat([r.components[k] for r in results]) for k in results[0].components}
+        stats = {"reward/mean": float(exp.scores.mean()), "reward/std": float(exp.scores.std())}
+        stats.update({f"reward/{k}": float(v.mean()) for k, v in exp.reward_components.items()})
+        if results[0].gold is not None:
+            stats["reward/gold_mean"] = float(torch.cat([r.gold for r in results]).mean())
+        return stats
+
+    def reference(self, exp: Experience) -> torch.Tensor:
+        shards = exp.split(len(self.roles.reference)) if exp.batch_size % len(self.roles.reference) == 0 else [exp]
+        refs = [actor.logprobs.remote(shard) for actor, shard in zip(self.roles.reference, shards)]
+        return torch.cat(gather(refs, "reference"))
+
+    def values(self, exp: Experience) -> torch.Tensor | None:
+        if self.cfg.algorithm.name != "ppo":
+            return None
+        shards = exp.split(len(self.roles.learners))
+        return torch.cat(gather([l.values.remote(s) for l, s in zip(self.roles.learners, shards)], "learner"))
+
+    def train(self, exp: Experience) -> dict[str, float]:
+        shards = exp.split(len(self.roles.learners))
+        kl_coef = self.kl_ctl.value
+        per_rank = gather([l.train.remote(s, kl_coef) for l, s in zip(self.roles.learners, shards)], "learner")
+        tokens = sum(r.pop("num_tokens") for r in per_rank)
+        abs_diff = sum(r.pop("logprob_abs_diff_sum") for r in per_rank)
+        diff_max = max(r.pop("logprob_abs_diff_max") for r in per_rank)
+        stats = {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
+        stats["rollout/logprob_abs_diff"] = abs_diff / max(tokens, 1.0)
+        stats["rollout/logprob_abs_diff_max"] = diff_max
+        return stats
+
+    # -- weight sync ----------------------------------------------------------------------------
+
+    def setup_weight_sync(self, generation: int = 0) -> None:
+        """Open the sync group (learner rank 0 + every generator) and plan the buckets."""
+        host, port = self.sync_address
+        world = 1 + len(self.roles.rollout) * self.cfg.rollout.tensor_parallel_size
+        backend = "nccl" if self.cfg.placement.rollout.num_gpus > 0 else "gloo"
+        calls = [self.roles.learners[0].init_weight_sync.remote(host, port, world, generation)]
+        calls += [
+            g.init_weight_sync.remote(host, port, 1 + i * self.cfg.rollout.tensor_parallel_size, world, backend, generation)
+            for i, g in enumerate(self.roles.rollout)
+        ]
+        gather(calls, "weight sync setup")
+        self.buckets = gather([self.roles.learners[0].weight_buckets.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
+
+    def sync_weights(self) -> dict[str, float]:
+        """Send the learner's weights to every generator; verify checksums and a probe."""
+        start = time.perf_counter()
+        sends = [l.broadcast_weights.remote(self.buckets) for l in self.roles.learners]
+        receives = [g.receive_weights.remote(self.buckets) for g in self.roles.rollout]
+        sent = gather(sends, "learner (weight sync)")[0]
+        received = gather(receives, "rollout (weight sync)")
+        seconds = time.perf_counter() - start
+        self.policy_version += 1
+        verify_checksums(sent, {f"rollout-{i}": sums for i, sums in enumerate(received)}, self.policy_version)
+        probe_diff = self.probe_difference()
+        tolerance = 1e-4 if self.cfg.model.dtype == "float32" else 2e-2
+        if probe_diff > tolerance:
+            raise WeightSyncError(
+                f"after sync {self.policy_version}, generator log-probs on the probe differ from the "
+                f"learner's by {probe_diff:.2e} (> {tolerance:g}); the engine did not load what was sent"
+            )
+        nbytes = sum(b.nbytes for b in self.buckets)
+        return {
+            "sync/verified": 1.0,
+            "sync/seconds": seconds,
+            "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9),
+            "sync/probe_max_diff": probe_diff,
+        }
+
+    def probe_difference(self) -> float:
+        learner = gather([l.probe_logprobs.remote(self.probe_ids) for l in self.roles.learners], "learner")[0]
+        generators = gather([g.probe_logprobs.remote(self.probe_ids) for g in self.roles.rollout], "rollout")
+        want = torch.tensor(learner)
+        return max(float((torch.tensor(g) - want).abs().max()) for g in generators)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def to_experience(self, samples: list[Sample]) -> Experience:
+        prompts = [self.prompts[s.prompt_index].ids for s in samples]
+        width = max(len(p) for p in prompts)
+        length = max(1, max(len(s.response_ids) for s in samples))
+        return Experience(
+            prompt_ids=torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts]),
+            prompt_mask=torch.tensor([[0.0] * (width - len(p)) + [1.0] * len(p) for p in prompts]),
+            response_ids=torch.tensor([s.response_ids + [self.pad] * (length - len(s.response_ids)) for s in samples]),
+            response_mask=torch.tensor([[1.0] * len(s.response_ids) + [0.0] * (length - len(s.response_ids)) for s in samples]),
+            rollout_logprobs=torch.tensor([s.logprobs + [0.0] * (length - len(s.logprobs)) for s in samples]),
+            prompt_index=torch.tensor([s.prompt_index for s in samples]),
+            policy_version=self.policy_version,
+        )
+
+    def step_metrics(self, step, exp, started, *parts: dict[str, float]) -> dict[str, float]:
+        step_time = time.time() - started
+        record: dict[str, float] = {"step": step, "policy_version": exp.policy_version}
+        for part in parts:
+            record.update(part)
+        record.update({f"timing/{name}": seconds for name, seconds in self.timings.items()})
+        record["timing/step"] = step_time
+        record["timing/overhead_frac"] = self.overhead_fraction(started, step_time)
+        record["kl/coef"] = self.kl_ctl.value
+        record["rollout/response_len_mean"] = float(exp.response_mask.sum(-1).mean())
+        sampling = self.cfg.rollout.sampling
+        record["rollout/truncated_sampling"] = float(sampling.top_p < 1.0 or sampling.top_k > 0)
+        record["throughput/tokens_per_s"] = exp.num_response_tokens / max(step_time, 1e-9)
+        return record
+
+    def overhead_fraction(self, started: float, step_time: float) -> float:
+        """Share of the step when no actor was computing (CONTRACTS: union of compute intervals)."""
+        intervals = sorted(
+            (max(a, started), b)
+            for part in gather([actor.pop_intervals.remote() for actor in self.roles.all()], "actors")
+            for a, b in part
+            if b > started
+        )
+        busy, end = 0.0, started
+        for a, b in intervals:
+            if b > end:
+                busy += b - max(a, end)
+                end = b
+        return max(0.0, 1.0 - busy / max(step_time, 1e-9))
+
+    def log_samples(self, step: int, exp: Experience, texts: dict[str, list[str]]) -> None:
+        every = self.cfg.logging.samples_every
+        if not every or step % every:
+            return
+        rows = [
+            {"prompt": texts["prompts"][i], "response": texts["responses"][i], "reward": float(exp.scores[i])}
+            for i in range(min(4, exp.batch_size))
+        ]
+        self.metrics.log_samples(step, rows)
+
+
+def _chunks(items: list[int], n: int) -> list[list[int]]:
+    size = -(-len(items) // n)
+    return [items[i : i + size] for i in range(0, len(items), size)]

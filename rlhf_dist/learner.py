@@ -1,0 +1,249 @@
+"""The learner: one data-parallel rank of the DeepSpeed world that trains the policy (and critic).
+
+`actors/learner.py` wraps this class in a Ray actor; every method that touches parameters is
+called on all ranks together (ZeRO-3 gathers and the gradient all-reduce are collectives).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rlhf_dist.algorithms import aggregate_loss, kl_estimate, masked_mean, ppo_policy_loss, value_loss
+from rlhf_dist.config import RunConfig
+from rlhf_dist.critic import CriticModel
+from rlhf_dist.distributed import gathered, init_learner_world, weight_entries
+from rlhf_dist.experience import Experience
+from rlhf_dist.models import load_causal_lm, response_logprobs
+from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, plan_buckets
+
+
+class Learner:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model_path: str,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        critic_path: str | None = None,
+    ):
+        torch.set_num_threads(1)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.backend = init_learner_world(rank, world_size, master_addr, master_port)
+        self.device = torch.device("cuda", 0) if self.backend == "nccl" else torch.device("cpu")
+        torch.manual_seed(cfg.seed)
+        self.zero3 = cfg.learner.zero_stage == 3
+        policy = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+        if cfg.learner.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        if cfg.learner.lora.enabled:
+            policy = _with_lora(policy, cfg)
+        self.policy = self._engine(policy, cfg.learner.optimizer.lr)
+        self.critic = None
+        if cfg.algorithm.name == "ppo":
+            critic = CriticModel.build(critic_path or model_path, from_reward_model=critic_path is not None)
+            self.critic = self._engine(critic.to(policy.dtype), cfg.learner.optimizer.critic_lr)
+        self.temperature = cfg.rollout.sampling.temperature
+        self._sync: SyncGroup | None = None
+
+    def _engine(self, model: torch.nn.Module, lr: float):
+        import deepspeed
+
+        learner, opt = self.cfg.learner, self.cfg.learner.optimizer
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": learner.micro_batch_size,
+            "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * self.world_size),
+            "gradient_clipping": learner.grad_clip,
+            "zero_optimization": {"stage": learner.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
+            "fp16": {"enabled": self.cfg.model.dtype == "float16"},
+            "steps_per_print": 10**9,
+        }
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        # Dropout off: the learner's log-probs must equal the rollout engine's for the same weights.
+        engine.eval()
+        return engine
+
+    # -- forward passes -------------------------------------------------------------------------
+
+    def _micro_batches(self, exp: Experience) -> list[Experience]:
+        size = self.cfg.learner.micro_batch_size
+        return [exp.select(slice(i, i + size)) for i in range(0, exp.batch_size, size)]
+
+    def _logprobs(self, exp: Experience, with_entropy: bool = False):
+        return response_logprobs(
+            self.policy, *_tokens(exp, self.device), temperature=self.temperature, with_entropy=with_entropy
+        )
+
+    @torch.no_grad()
+    def logprobs(self, exp: Experience) -> torch.Tensor:
+        """(B, T) log-probs of the sampled tokens under the current policy."""
+        return torch.cat([self._logprobs(mb)[0].cpu() for mb in self._micro_batches(exp)])
+
+    @torch.no_grad()
+    def values(self, exp: Experience) -> torch.Tensor:
+        """(B, T) critic values V(s_t) of the state before each response token (PPO only)."""
+        assert self.critic is not None, "values() needs algorithm.name=ppo"
+        out = []
+        for mb in self._micro_batches(exp):
+            prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
+            out.append(self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        """Log-probs (temperature 1) of tokens 1.. of ``token_ids`` given their prefixes."""
+        ids = torch.tensor([token_ids], device=self.device)
+        logits = self.policy(input_ids=ids).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+        return logp.cpu().tolist()
+
+    # -- training -------------------------------------------------------------------------------
+
+    def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
+        """PPO epochs x mini-batches over this rank's shard; returns mean statistics."""
+        old_logprobs = self.logprobs(shard)
+        mask = shard.response_mask
+        diff = torch.where(mask.bool(), (old_logprobs - shard.rollout_logprobs).abs(), 0.0)
+        stats: dict[str, list[float]] = {}
+        per_rank_mini = self.cfg.learner.mini_batch_size // self.world_size
+        for _ in range(self.cfg.learner.epochs):
+            for start in range(0, shard.batch_size, per_rank_mini):
+                mini = shard.select(slice(start, start + per_rank_mini))
+                old = old_logprobs[start : start + per_rank_mini]
+                for name, value in self._train_mini_batch(mini, old, kl_coef).items():
+                    stats.setdefault(name, []).append(value)
+        result = {name: sum(v) / len(v) for name, v in stats.items()}
+        result["logprob_abs_diff_sum"] = float(diff.sum())
+        result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
+        result["num_tokens"] = float(mask.sum())
+        return result
+
+    def _global_counts(self, mini: Experience) -> tuple[float, float]:
+        """Response tokens and non-empty sequences in this mini-batch across all ranks."""
+        counts = torch.tensor(
+            [mini.response_mask.sum().item(), (mini.response_mask.sum(-1) > 0).sum().item()], dtype=torch.float64
+        )
+        if self.world_size > 1:
+            counts = counts.to(self.device)
+            dist.all_reduce(counts)
+        return float(counts[0]), float(counts[1])
+
+    def _train_mini_batch(self, mini: Experience, old_logprobs: torch.Tensor, kl_coef: float) -> dict[str, float]:
+        algo = self.cfg.algorithm
+        num_tokens, num_seqs = self._global_counts(mini)
+        # DeepSpeed averages gradients over ranks; our losses are already divided by the global
+        # count, so scale by the world size to get the gradient of one big batch.
+        scale = float(self.world_size)
+        stats: dict[str, list[float]] = {}
+        size = self.cfg.learner.micro_batch_size
+        for start in range(0, mini.batch_size, size):
+            mb = mini.select(slice(start, start + size))
+            mask = mb.response_mask.to(self.device)
+            logp, entropy = self._logprobs(mb, with_entropy=True)
+            loss, pstats = ppo_policy_loss(
+                logp, old_logprobs[start : start + size].to(self.device), mb.advantages.to(self.device), mask,
+                algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs,
+            )
+            step_stats = {f"policy/{k}": float(v) for k, v in pstats.items()}
+            step_stats["policy/loss"] = float(loss.detach())
+            step_stats["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
+            if algo.kl.mode == "loss" and mb.ref_logprobs is not None:
+                kl = kl_estimate(logp, mb.ref_logprobs.to(self.device), algo.kl.kind, mask)
+                kl_loss = aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
+                loss = loss + kl_coef * kl_loss
+                step_stats["policy/kl_loss"] = float(kl_loss.detach())
+            self.policy.backward(loss * scale, scale_wrt_gas=False)
+            self.policy.step()
+            if self.critic is not None:
+                step_stats.update(self._critic_micro_step(mb, num_tokens, num_seqs, scale))
+            for k, v in step_stats.items():
+                stats.setdefault(k, []).append(v)
+        grad_norm = self.policy.get_global_grad_norm()
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            out["policy/grad_norm"] = float(grad_norm)
+        return out
+
+    def _critic_micro_step(self, mb: Experience, num_tokens: float, num_seqs: float, scale: float) -> dict[str, float]:
+        algo = self.cfg.algorithm
+        prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
+        values = self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float()
+        loss, vstats = value_loss(
+            values, mb.values.to(self.device), mb.returns.to(self.device), response_mask,
+            algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
+        )
+        self.critic.backward(loss * scale, scale_wrt_gas=False)
+        self.critic.step()
+        return {"critic/value_loss": float(loss.detach()), **{f"critic/{k}": float(v) for k, v in vstats.items()}}
+
+    # -- weights out ----------------------------------------------------------------------------
+
+    def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
+        metas = [TensorMeta(e.name, e.shape, e.dtype) for e in weight_entries(self.policy.module)]
+        return plan_buckets(metas, bucket_bytes)
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
+        """Rank 0 joins the sync group as its rank 0; other ranks have nothing to join."""
+        if self.rank == 0:
+            self._sync = SyncGroup(host, port, 0, world_size, "nccl" if self.backend == "nccl" else "gloo", generation)
+        return True
+
+    @torch.no_grad()
+    def broadcast_weights(self, buckets: list[Bucket]) -> list[int]:
+        """All ranks call this; rank 0 sends every bucket and returns the checksums it sent."""
+        by_name = {e.name: e for e in weight_entries(self.policy.module)}
+        sums = []
+        for bucket in buckets:
+            entries = [by_name[m.name] for m in bucket.tensors]
+            with gathered([p for e in entries for p in e.params], self.zero3):
+                if self.rank == 0:
+                    sums.append(self._sync.send_bucket([e.compute().to(bucket.dtype) for e in entries]))
+        return sums
+
+    @torch.no_grad()
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """All ranks call this; rank 0 gets the merged Hugging Face state dict, the others {}."""
+        state = {}
+        for entry in weight_entries(self.policy.module):
+            with gathered(entry.params, self.zero3):
+                if self.rank == 0:
+                    state[entry.name] = entry.compute().detach().cpu().clone()
+        return state
+
+    def save_pretrained(self, out_dir: str, tokenizer_path: str) -> str | None:
+        """All ranks call this; rank 0 writes a Hugging Face model directory (merged if LoRA)."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        from rlhf_dist.checkpoint import write_hf_model
+
+        return str(write_hf_model(Path(out_dir), self.policy.module, state, tokenizer_path))
+
+
+def _tokens(exp: Experience, device: torch.device):
+    return (
+        exp.prompt_ids.to(device),
+        exp.prompt_mask.to(device),
+        exp.response_ids.to(device),
+        exp.response_mask.to(device),
+    )
+
+
+def _with_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.learner.lora
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)

@@ -1,0 +1,89 @@
+"""Loading models and tokenizers, and the one function that turns logits into token log-probs.
+
+The rollout engine, the reference and the learner must compute the *same* distribution, or the
+logprob-mismatch metric is meaningless: all of them use :func:`response_logprobs`, which divides
+the logits by the sampling temperature (vLLM's ``processed_logprobs`` mode does the same).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from rlhf_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """A tokenizer with a pad token: the eos token stands in (one warning) when there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load a tokenizer from {str(path)!r}: {exc}. Point model.path (or model.tokenizer) "
+            "at a Hugging Face model directory or hub name"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise UserError(
+                f"the tokenizer at {str(path)!r} has neither a pad nor an eos token; add a pad token "
+                "to its tokenizer_config.json"
+            )
+        log.warning("tokenizer at %s has no pad token; using its eos token %r as pad", path, tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    """A Hugging Face causal LM from a directory or hub name, in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    if not Path(str(path)).exists() and str(path).startswith(("/", ".")):
+        raise UserError(f"model directory {str(path)!r} does not exist; check model.path")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise UserError(f"cannot load a causal LM from {str(path)!r}: {exc}") from None
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens under ``softmax(logits / temperature)``.
+
+    Args:
+        prompt_ids, prompt_mask: (B, P), left padded.
+        response_ids, response_mask: (B, T), right padded.
+    Returns:
+        (logprobs, entropy), each (B, T) float32; entropy is None unless ``with_entropy``.
+        Entries outside ``response_mask`` are meaningless.
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1).long()
+    # Left padding shifts the positions of every real token; give each its true position.
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    prompt_len, resp_len = prompt_ids.shape[1], response_ids.shape[1]
+    # The logits at position P + t - 1 predict response token t.
+    logits = logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float() / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    token_logprobs = log_probs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return token_logprobs, entropy

@@ -1,0 +1,222 @@
+"""Weight sync: the learner's rank 0 broadcasts the policy to every generator, then both sides prove it.
+
+A `SyncGroup` is a process group of its own (rank 0 = learner rank 0, ranks 1.. = generator
+processes), built from a TCPStore so that it can span processes that share no default group; it
+lives beside the learners' DeepSpeed world. Gloo on CPU, NCCL on GPU.
+
+Tensors travel in buckets: all tensors of one bucket are flattened into one buffer and broadcast
+with a single collective. Each side computes a checksum of every bucket buffer (the learner of
+what it sent, each generator of what it received) and the driver compares them: a sync is
+verified only if every generator's list equals the learner's, and the generators' logprobs on a
+probe input then match the learner's. Names are Hugging Face checkpoint names; vLLM fuses some
+weights after loading, so checksums are taken on the buffers, never on vLLM's parameters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+# Broadcast over loopback gloo ran ~4x faster per byte in tens-of-MB pieces than in one 400 MB
+# buffer (STACK-NOTES); bench/step_breakdown.py reports the MB/s at this size.
+DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+
+
+class WeightSyncError(RuntimeError):
+    """A generator does not hold what the learner sent."""
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str  # Hugging Face checkpoint name, e.g. "model.layers.0.self_attn.q_proj.weight"
+    shape: tuple[int, ...]
+    dtype: str  # e.g. "torch.float32"
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Tensors that travel together as one flat buffer of a single dtype."""
+
+    tensors: tuple[TensorMeta, ...]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.tensors[0].dtype]
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[Bucket]:
+    """Group tensors, in order, into buckets of one dtype and at most ``bucket_bytes``.
+
+    A tensor larger than ``bucket_bytes`` gets a bucket of its own.
+    """
+    buckets: list[Bucket] = []
+    current: list[TensorMeta] = []
+    current_bytes = 0
+    for meta in metas:
+        size = meta.numel * torch.empty((), dtype=_DTYPES[meta.dtype]).element_size()
+        if current and (current_bytes + size > bucket_bytes or meta.dtype != current[0].dtype):
+            buckets.append(Bucket(tuple(current)))
+            current, current_bytes = [], 0
+        current.append(meta)
+        current_bytes += size
+    if current:
+        buckets.append(Bucket(tuple(current)))
+    return buckets
+
+
+def checksum(flat: torch.Tensor) -> int:
+    """A position-weighted sum of the buffer's raw bits: any changed, lost or swapped word shows.
+
+    Works on the device the buffer is on (no copy to the host); int64 overflow wraps the same way
+    on both sides, so equal buffers give equal sums.
+    """
+    words = flat.contiguous().view(-1)
+    int_type = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[words.element_size()]
+    words = words.view(int_type).to(torch.int64)
+    weights = torch.arange(words.numel(), device=words.device, dtype=torch.int64) % 65521 + 1
+    return int((words * weights).sum().item())
+
+
+def flatten_bucket(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def unflatten_bucket(flat: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
+    offset = 0
+    for meta in bucket.tensors:
+        yield meta.name, flat[offset : offset + meta.numel].view(meta.shape)
+        offset += meta.numel
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_ip() -> str:
+    """This host's address as others on the cluster see it (127.0.0.1 for a local run)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
+class SyncGroup:
+    """A process group of ``world_size`` members: learner rank 0 is rank 0, generators follow.
+
+    Every member constructs it at the same time (the TCPStore waits for all). ``generation``
+    namespaces the store keys so that a group can be rebuilt on the same port after a restart.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        backend: str = "gloo",
+        generation: int = 0,
+        timeout_s: float = 300.0,
+    ):
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        store = dist.PrefixStore(f"rlhf-dist-sync-{generation}", store)
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        if backend == "gloo":
+            self._pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+        elif backend == "nccl":
+            self._pg = dist.ProcessGroupNCCL(store, rank, world_size)
+        else:
+            raise ValueError(f"sync backend must be gloo or nccl, got {backend!r}")
+        self._store = store
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        self._pg.broadcast(tensor, src).wait()
+
+    def send_bucket(self, tensors: list[torch.Tensor]) -> int:
+        """Rank 0: broadcast one bucket; returns its checksum."""
+        flat = flatten_bucket(tensors)
+        self.broadcast(flat, src=0)
+        return checksum(flat)
+
+    def receive_bucket(self, bucket: Bucket, device: str | torch.device = "cpu") -> tuple[torch.Tensor, int]:
+        """Ranks > 0: receive one bucket; returns the flat buffer and its checksum."""
+        flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=device)
+        self.broadcast(flat, src=0)
+        return flat, checksum(flat)
+
+    def receive_all(
+        self, buckets: list[Bucket], device: str | torch.device = "cpu"
+    ) -> tuple[list[tuple[str, torch.Tensor]], list[int]]:
+        """Ranks > 0: receive every bucket; returns (named tensors, checksums)."""
+        named: list[tuple[str, torch.Tensor]] = []
+        sums: list[int] = []
+        for bucket in buckets:
+            flat, digest = self.receive_bucket(bucket, device)
+            named.extend(unflatten_bucket(flat, bucket))
+            sums.append(digest)
+        return named, sums
+
+
+def verify_checksums(sent: list[int], received: dict[str, list[int]], version: int) -> None:
+    """Raise `WeightSyncError` unless every generator received exactly the sent buckets."""
+    for who, sums in received.items():
+        if sums != sent:
+            bad = [i for i, (a, b) in enumerate(zip(sent, sums)) if a != b]
+            if len(sums) != len(sent):
+                detail = f"{len(sums)} buckets received, {len(sent)} sent"
+            else:
+                detail = f"checksums differ in buckets {bad[:8]}"
+            raise WeightSyncError(
+                f"weight sync to policy_version {version} failed on {who}: {detail}. The generator "
+                "would sample from stale or corrupt weights; stopping the run"
+            )
+
+
+class VLLMWorkerExtension:
+    """Mixed into vLLM's worker (``LLM(worker_extension_cls=...)``); called via ``collective_rpc``.
+
+    The sync group is opened inside the worker process, so on GPUs the NCCL broadcast lands
+    directly in the worker's device memory.
+    """
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> bool:
+        import torch.distributed as dist
+
+        local_rank = dist.get_rank() if dist.is_initialized() and dist.get_world_size() > 1 else 0
+        self._rlhf_sync = SyncGroup(host, port, rank_offset + local_rank, world_size, backend, generation)
+        return True
+
+    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+        device = next(self.model_runner.model.parameters()).device
+        named, sums = self._rlhf_sync.receive_all(buckets, device)
+        self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
+        return sums

@@ -1,0 +1,167 @@
+"""Prompts: builtin tasks, JSONL loading and its errors, over-long policies, the resumable sampler."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from rlhf_dist.config.schema import DataConfig
+from rlhf_dist.data import DataError, PromptSampler, builtin_prompts, load_prompts
+from rlhf_dist.errors import UserError
+from rlhf_dist.tiny import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- builtin
+
+
+def test_builtin_prompts_are_deterministic_per_seed():
+    a, b, c = builtin_prompts("letters", 50, 0), builtin_prompts("letters", 50, 0), builtin_prompts("letters", 50, 1)
+    assert a == b and a != c
+    assert len(a) == 50 and len(set(a)) > 40
+    for text in a:
+        instruction, words = text.split(":")
+        assert instruction in {"write letters", "write words", "say letters", "repeat"}
+        assert 2 <= len(words.split()) <= 6
+
+
+def test_unknown_builtin_task_lists_the_tasks():
+    with pytest.raises(UserError, match="unknown builtin task 'leters'.*builtin:letters"):
+        builtin_prompts("leters", 10, 0)
+
+
+def test_load_builtin_prompts(tokenizer):
+    prompts = load_prompts(DataConfig(prompts="builtin:letters", num_builtin_prompts=20), tokenizer, seed=3)
+    assert len(prompts) == 20 and prompts.num_truncated == prompts.num_skipped == 0
+    assert [p.text for p in prompts.prompts] == builtin_prompts("letters", 20, 3)
+    assert [p.index for p in prompts.prompts] == list(range(20))
+    first = prompts.prompts[0]
+    assert first.ids[0] == tokenizer.bos_token_id  # special tokens included
+    assert tokenizer.decode(first.ids, skip_special_tokens=True) == first.text
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+
+def test_jsonl_happy_path(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": "say cat", "id": 1}, "", {"question": "write dog"}])
+    prompts = load_prompts(DataConfig(prompts=path, prompt_key="question"), tokenizer, seed=0)
+    assert [p.text for p in prompts.prompts] == ["say cat", "write dog"]  # the blank line is ignored
+    assert prompts.prompts[1].ids == tokenizer("write dog")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "rows, fragments",
+    [
+        ([], ["holds no prompts"]),
+        (["", "  "], ["holds no prompts"]),
+        ([{"prompt": "ok"}, '{"prompt": "broken"', {"prompt": "ok"}], ["line 2", "not valid JSON", "broken"]),
+        ([{"prompt": "ok"}, {"prompt": "ok"}, {"text": "x", "id": 3}], ["line 3", "no key 'prompt'", "['id', 'text']"]),
+        ([{"prompt": "ok"}, [1, 2]], ["line 2", "expected a JSON object, got list"]),
+        ([{"prompt": 5}], ["line 1", "'prompt' is a int"]),
+    ],
+)
+def test_jsonl_errors_give_the_line(tmp_path, tokenizer, rows, fragments):
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_prompts(DataConfig(prompts=path), tokenizer, seed=0)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_missing_file_and_unsupported_format(tmp_path, tokenizer):
+    with pytest.raises(DataError, match="does not exist"):
+        load_prompts(DataConfig(prompts=str(tmp_path / "nope.jsonl")), tokenizer, seed=0)
+    with pytest.raises(DataError, match="only .jsonl"):
+        load_prompts(DataConfig(prompts=str(tmp_path / "p.csv")), tokenizer, seed=0)
+
+
+# ----------------------------------------------------------------------------- over-long prompts
+
+
+@pytest.fixture
+def mixed_lengths(tmp_path, tokenizer):
+    long_text = " ".join(["banana cherry"] * 20)
+    assert len(tokenizer(long_text)["input_ids"]) > 10
+    rows = [{"prompt": "say cat"}, {"prompt": long_text}, {"prompt": "a dog"}, {"prompt": long_text + " sun"}]
+    return write_jsonl(tmp_path / "p.jsonl", rows), long_text
+
+
+def test_overlong_truncate_keeps_the_first_tokens(mixed_lengths, tokenizer):
+    path, long_text = mixed_lengths
+    prompts = load_prompts(DataConfig(prompts=path, max_prompt_tokens=10, overlong="truncate"), tokenizer, seed=0)
+    assert (len(prompts), prompts.num_truncated, prompts.num_skipped) == (4, 2, 0)
+    cut = prompts.prompts[1]
+    assert cut.ids == tokenizer(long_text)["input_ids"][:10]
+    assert long_text.startswith(cut.text) and cut.text
+    assert all(len(p.ids) <= 10 for p in prompts.prompts)
+
+
+def test_overlong_skip_drops_and_reindexes(mixed_lengths, tokenizer):
+    path, _ = mixed_lengths
+    prompts = load_prompts(DataConfig(prompts=path, max_prompt_tokens=10, overlong="skip"), tokenizer, seed=0)
+    assert (len(prompts), prompts.num_truncated, prompts.num_skipped) == (2, 0, 2)
+    assert [(p.index, p.text) for p in prompts.prompts] == [(0, "say cat"), (1, "a dog")]
+
+
+def test_everything_skipped_is_an_error(mixed_lengths, tokenizer):
+    path, _ = mixed_lengths
+    with pytest.raises(DataError, match="all 4 prompts.*max_prompt_tokens=1 "):
+        load_prompts(DataConfig(prompts=path, max_prompt_tokens=1, overlong="skip"), tokenizer, seed=0)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def test_sampler_covers_every_index_once_per_epoch():
+    sampler = PromptSampler(10, seed=0, shuffle=True)
+    first = sampler.next_batch(4) + sampler.next_batch(6)
+    second = sampler.next_batch(10)
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert first != second and first != list(range(10))  # shuffled, differently per epoch
+    assert (sampler.epoch, sampler.cursor, sampler.consumed) == (1, 10, 20)
+
+
+def test_sampler_batches_straddle_epochs():
+    sampler = PromptSampler(5, seed=1, shuffle=True)
+    batches = [sampler.next_batch(3) for _ in range(5)]  # 15 indices = exactly 3 epochs
+    by_epoch = PromptSampler(5, seed=1, shuffle=True)
+    epochs = [by_epoch.next_batch(5) for _ in range(3)]
+    # batch 1 = the last 2 of epoch 0 + the first 1 of epoch 1, and so on
+    assert batches[1] == epochs[0][3:] + epochs[1][:1]
+    assert [i for b in batches for i in b] == [i for e in epochs for i in e]
+    assert all(sorted(e) == list(range(5)) for e in epochs) and len({tuple(e) for e in epochs}) == 3
+    big = PromptSampler(3, seed=0).next_batch(7)  # a batch longer than the whole dataset
+    assert sorted(Counter(big).values()) == [2, 2, 3]
+
+
+def test_unshuffled_sampler_walks_in_order():
+    sampler = PromptSampler(4, seed=0, shuffle=False)
+    assert sampler.next_batch(3) + sampler.next_batch(3) == [0, 1, 2, 3, 0, 1]
+
+
+def test_restored_sampler_continues_exactly(tmp_path):
+    original = PromptSampler(7, seed=5, shuffle=True)
+    for _ in range(3):
+        original.next_batch(3)  # 9 indices: mid-way through epoch 1
+    state = json.loads(json.dumps(original.state_dict()))  # survives a JSON checkpoint
+    restored = PromptSampler(7, seed=5, shuffle=True)
+    restored.load_state_dict(state)
+    assert restored.consumed == 9
+    assert [restored.next_batch(4) for _ in range(5)] == [original.next_batch(4) for _ in range(5)]
+    assert restored.state_dict() == original.state_dict()
+
+
+def test_restoring_into_a_different_dataset_is_refused():
+    state = PromptSampler(7, seed=5).state_dict()
+    with pytest.raises(DataError, match="num_prompts, seed, shuffle"):
+        PromptSampler(8, seed=5).load_state_dict(state)

@@ -1,0 +1,137 @@
+"""Metrics: the JSONL file and its resume rules, TensorBoard output, samples, the summary table."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlhf_dist.metrics import MetricsError, MetricsLogger, read_metrics, summary_table
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_log_writes_one_flushed_json_line_per_call(tmp_path):
+    logger = MetricsLogger(tmp_path, tensorboard=False, progress=False)
+    logger.log(1, {"reward/mean": torch.tensor(0.25), "kl/mean": float("nan"), "count": 3})
+    # flushed before close: a reader (or a crash) sees the line at once
+    assert lines(tmp_path / "metrics.jsonl") == [{"step": 1, "reward/mean": 0.25, "kl/mean": None, "count": 3}]
+    logger.log(2, {"reward/mean": 0.5})
+    logger.close()
+    assert [r["step"] for r in lines(tmp_path / "metrics.jsonl")] == [1, 2]
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
+        logger.log(3, {"step": 3, "x": 1.0})  # a record that repeats its own step is fine
+        with pytest.raises(ValueError, match="disagrees"):
+            logger.log(4, {"step": 1})
+    assert lines(tmp_path / "metrics.jsonl")[-1] == {"step": 3, "x": 1.0}
+
+
+def test_resumed_run_appends_and_the_later_line_wins(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
+        for step in (1, 2, 3):
+            logger.log(step, {"reward/mean": step / 10})
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:  # resumed from step 2
+        logger.log(3, {"reward/mean": 0.9})
+        logger.log(4, {"reward/mean": 1.0})
+    assert len(lines(tmp_path / "metrics.jsonl")) == 5
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["reward/mean"]) for r in records] == [(1, 0.1), (2, 0.2), (3, 0.9), (4, 1.0)]
+
+
+def test_records_are_sorted_by_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "x": 2}\n{"step": 1, "x": 1}\n')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_truncated_last_line_is_ignored_and_cut_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "x": 1}\n{"step": 2, "x": 2}\n{"step": 3, "x"')  # killed mid-write
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
+        logger.log(3, {"x": 3})
+    assert path.read_text().splitlines() == ['{"step": 1, "x": 1}', '{"step": 2, "x": 2}', '{"step": 3, "x": 3}']
+
+
+def test_corrupt_line_before_the_end_is_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(MetricsError, match="line 2"):
+        read_metrics(path)
+    with pytest.raises(MetricsError, match="no metrics file"):
+        read_metrics(tmp_path / "missing.jsonl")
+
+
+def test_tensorboard_event_file_holds_the_scalars(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=True, progress=False) as logger:
+        for step in (1, 2):
+            logger.log(step, {"reward/mean": 0.1 * step, "note": "text is not a scalar"})
+    events = [p for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*") if p.stat().st_size > 0]
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator.Reload()
+    scalars = accumulator.Scalars("reward/mean")
+    assert [(s.step, round(s.value, 6)) for s in scalars] == [(1, 0.1), (2, 0.2)]
+    assert accumulator.Tags()["scalars"] == ["reward/mean"]
+
+
+def test_progress_bar_shows_reward_gold_and_kl(tmp_path, capsys):
+    with MetricsLogger(tmp_path, tensorboard=False, progress=True, total_steps=4) as logger:
+        logger.log(0, {"reward/mean": 0.125, "reward/gold_mean": 0.5, "kl/mean": 0.01})
+        logger.log(2, {"reward/mean": 0.25})
+        assert logger._bar.n == 3  # steps count from 0: step 2 is the third
+    err = capsys.readouterr().err
+    assert "reward=0.125" in err and "gold=0.500" in err and "kl=0.010" in err and "3/4" in err
+
+
+def test_log_samples_appends_rows_with_the_step(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
+        logger.log_samples(5, [{"prompt": "p", "response": "aa", "reward": torch.tensor(1.0)}])
+        logger.log_samples(10, [{"prompt": "q", "response": "b", "reward": math.inf}])
+    assert lines(tmp_path / "samples.jsonl") == [
+        {"step": 5, "prompt": "p", "response": "aa", "reward": 1.0},
+        {"step": 10, "prompt": "q", "response": "b", "reward": None},
+    ]
+
+
+def make_records(gold: bool = True):
+    records = []
+    for step in range(1, 21):
+        reward = 0.1 if step <= 5 else 0.4 if step > 15 else 0.25
+        record = {"step": step, "reward/mean": reward * 2, "kl/mean": 0.001 * step,
+                  "rollout/logprob_abs_diff": 1e-5 * step, "throughput/tokens_per_s": 1000.0 + step,
+                  "timing/generate": 0.5, "timing/train": 1.0 + (step % 2), "timing/overhead_frac": 0.25}
+        if gold:
+            record["reward/gold_mean"] = reward
+        records.append(record)
+    return records
+
+
+def row(table, label):
+    return next(line.split() for line in table.splitlines() if line.startswith(label))
+
+
+def test_summary_table_numbers():
+    table = summary_table(make_records())
+    assert row(table, "gold reward") == ["gold", "reward", "(reward/gold_mean)", "0.100", "0.400", "4.0x", "(+0.300)"]
+    assert row(table, "kl (kl/mean)")[2:] == ["0.003", "0.018", "+0.015"]  # mean of 1..5 and 16..20 x 1e-3
+    assert row(table, "rollout/logprob_abs_diff max")[-1] == "2.00e-04"
+    assert row(table, "throughput/tokens_per_s mean")[-1] == "1010.5"
+    assert row(table, "timing/generate mean s")[-1] == "0.500"
+    assert row(table, "timing/train mean s")[-1] == "1.500"
+    assert row(table, "timing/overhead_frac mean")[-1] == "0.250" and "overhead_frac mean s" not in table
+    assert table.splitlines()[0].startswith("20 steps logged (1-20)")
+    # aligned: every row of the first table ends at the same column
+    first_table = table.split("\n\n")[1].splitlines()
+    assert len({len(line) for line in first_table}) == 1
+
+
+def test_summary_table_falls_back_to_reward_without_gold():
+    table = summary_table(make_records(gold=False), window=5)
+    assert row(table, "reward (reward/mean)")[2:5] == ["0.200", "0.800", "4.0x"]
+    assert "gold" not in table
+    assert summary_table([]) == "no metrics logged"
