@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/rlhf-dist config show
+	$(VENV)/bin/rlhf-dist train
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_dist.config.schema import RunConfig, SamplingConfig
-from rlhf_dist.weight_sync import Bucket, SyncGroup
+from rlhf_dist.weight_sync import Bucket, SyncGroup, WeightSyncError
 
 
 @dataclass
@@ -168,6 +168,8 @@ class HFEngine:
 
     @torch.no_grad()
     def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+        if self._sync is None:
+            raise WeightSyncError("receive_weights before init_weight_sync: the sync group is not open")
         named, sums = self._sync.receive_all(buckets, self.device)
         params = dict(self.model.named_parameters())
         for name, tensor in named:

@@ -60,7 +60,7 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
             seq_adv = rloo_advantages(sequence_scores, group_size)
         exp.token_rewards = last_token_scores(sequence_scores, mask)
         exp.advantages = masked_fill_zero(seq_adv[:, None].expand_as(mask).clone(), mask)
-        if algo.whiten_advantages:
+        if algo.whiten_advantages and algo.name == "rloo":
             exp.advantages = masked_whiten(exp.advantages, mask, shift_mean=False)
     return {
         "kl/mean": float(seq_kl.mean()),

@@ -216,6 +216,8 @@ class VLLMWorkerExtension:
         return True
 
     def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+        if getattr(self, "_rlhf_sync", None) is None:
+            raise WeightSyncError("receive_weights before init_weight_sync: the sync group is not open")
         device = next(self.model_runner.model.parameters()).device
         named, sums = self._rlhf_sync.receive_all(buckets, device)
         self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)

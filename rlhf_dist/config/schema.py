@@ -155,7 +155,9 @@ class AlgorithmConfig(Section):
     value_clip: float = Field(0.2, gt=0.0)
     loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
     normalize_group_std: bool = True
-    whiten_advantages: bool = False
+    whiten_advantages: bool = Field(
+        True, description="whiten ppo/rloo advantages over the batch (grpo normalises per group; reinforce_pp always whitens)"
+    )
     kl: KLConfig = KLConfig()
 
 

@@ -40,6 +40,7 @@ def _driver(cfg, model_path, run_dir):
     roles, sync_address = build_roles(cfg, model_path)
     metrics = MetricsLogger(run_dir, tensorboard=False, progress=False)
     driver = Driver(cfg, roles, prompts, tokenizer.pad_token_id, tokenizer(PROBE_TEXT).input_ids, metrics, sync_address)
+    driver.setup_weight_sync()
     return driver, metrics
 
 
