@@ -1,0 +1,69 @@
+"""Weight-sync pieces that need no second process: bucket planning, checksums, verification."""
+
+import pytest
+import torch
+
+from rlhf_dist.rollout import _processed_logprobs, request_seed
+from rlhf_dist.config.schema import SamplingConfig
+from rlhf_dist.weight_sync import (
+    TensorMeta,
+    WeightSyncError,
+    checksum,
+    flatten_bucket,
+    plan_buckets,
+    unflatten_bucket,
+    verify_checksums,
+)
+
+F32 = "torch.float32"
+
+
+def test_buckets_respect_size_and_dtype_and_keep_order():
+    metas = [TensorMeta("a", (256,), F32), TensorMeta("b", (256,), F32), TensorMeta("c", (300,), F32),
+             TensorMeta("d", (4,), "torch.bfloat16"), TensorMeta("e", (4,), F32)]
+    buckets = plan_buckets(metas, bucket_bytes=2048)
+    assert [[t.name for t in b.tensors] for b in buckets] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert buckets[0].nbytes == 2048 and buckets[2].dtype == torch.bfloat16
+
+
+def test_flatten_unflatten_round_trip():
+    tensors = [torch.randn(3, 4), torch.randn(5)]
+    bucket = plan_buckets([TensorMeta("x", (3, 4), F32), TensorMeta("y", (5,), F32)])[0]
+    out = dict(unflatten_bucket(flatten_bucket(tensors), bucket))
+    assert torch.equal(out["x"], tensors[0]) and torch.equal(out["y"], tensors[1])
+
+
+def test_checksum_sees_any_change_and_any_swap():
+    flat = torch.randn(1000)
+    base = checksum(flat)
+    assert checksum(flat.clone()) == base
+    nudged = flat.clone()
+    nudged[500] = torch.nextafter(nudged[500], torch.tensor(1e9))  # one ulp
+    assert checksum(nudged) != base
+    swapped = flat.clone()
+    swapped[[3, 7]] = swapped[[7, 3]]
+    assert checksum(swapped) != base
+    assert checksum(flat.to(torch.bfloat16)) == checksum(flat.to(torch.bfloat16).clone())
+
+
+def test_verify_checksums_names_the_generator():
+    verify_checksums([1, 2], {"rollout-0": [1, 2], "rollout-1": [1, 2]}, version=3)
+    with pytest.raises(WeightSyncError, match="rollout-1: checksums differ in buckets \\[1\\]"):
+        verify_checksums([1, 2], {"rollout-0": [1, 2], "rollout-1": [1, 5]}, version=3)
+    with pytest.raises(WeightSyncError, match="1 buckets received, 2 sent"):
+        verify_checksums([1, 2], {"rollout-0": [1]}, version=3)
+
+
+def test_request_seed_is_fixed_by_run_step_prompt_sample():
+    assert request_seed(0, 1, 2, 3) == request_seed(0, 1, 2, 3)
+    assert len({request_seed(0, s, p, k) for s in range(4) for p in range(4) for k in range(4)}) == 64
+
+
+def test_processed_logprobs_temperature_and_truncation():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    plain = _processed_logprobs(logits, SamplingConfig(temperature=2.0))
+    torch.testing.assert_close(plain, torch.log_softmax(logits / 2.0, -1))
+    top2 = _processed_logprobs(logits, SamplingConfig(temperature=1.0, top_k=2))
+    assert torch.isinf(top2[0, 2:]).all() and top2[0, :2].exp().sum().item() == pytest.approx(1.0)
+    nucleus = _processed_logprobs(logits, SamplingConfig(temperature=1.0, top_p=0.5))
+    assert torch.isfinite(nucleus[0, 0]) and torch.isinf(nucleus[0, 1:]).all()  # p(top) = 0.64 >= 0.5
