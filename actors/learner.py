@@ -45,8 +45,8 @@ class Learner(ComputeClock):
         return self.core.init_weight_sync(host, port, world_size, generation)
 
     @computing
-    def broadcast_weights(self, buckets: list[Bucket]) -> list[int]:
-        return self.core.broadcast_weights(buckets)
+    def broadcast_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:
+        return self.core.broadcast_weights(buckets, probe_ids)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.core.probe_logprobs(token_ids)

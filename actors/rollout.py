@@ -28,8 +28,10 @@ class RolloutWorker(ComputeClock):
         return True
 
     @computing
-    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
-        return self.engine.receive_weights(buckets)
+    def receive_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:
+        """Receive and load a sync; returns the checksums received and the probe log-probs after loading."""
+        sums = self.engine.receive_weights(buckets)
+        return sums, self.engine.probe_logprobs(probe_ids)
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.engine.probe_logprobs(token_ids)

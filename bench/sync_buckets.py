@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from rlhf_dist.weight_sync import SyncGroup, TensorMeta, checksum, free_port, plan_buckets
 
-SIZES_MB = (1, 8, 32, 128)
+SIZES_MB = (1, 4, 8, 16, 32, 128)
 
 
 def _metas(model_mb: int) -> list[TensorMeta]:

@@ -200,14 +200,15 @@ class Driver:
     def sync_weights(self) -> dict[str, float]:
         """Send the learner's weights to every generator; verify checksums and a probe."""
         start = time.perf_counter()
-        sends = [l.broadcast_weights.remote(self.buckets) for l in self.roles.learners]
-        receives = [g.receive_weights.remote(self.buckets) for g in self.roles.rollout]
-        sent = gather(sends, "learner (weight sync)")[0]
+        sends = [l.broadcast_weights.remote(self.buckets, self.probe_ids) for l in self.roles.learners]
+        receives = [g.receive_weights.remote(self.buckets, self.probe_ids) for g in self.roles.rollout]
+        sent, learner_probe = gather(sends, "learner (weight sync)")[0]
         received = gather(receives, "rollout (weight sync)")
         seconds = time.perf_counter() - start
         self.policy_version += 1
-        verify_checksums(sent, {f"rollout-{i}": sums for i, sums in enumerate(received)}, self.policy_version)
-        probe_diff = self.probe_difference()
+        verify_checksums(sent, {f"rollout-{i}": sums for i, (sums, _) in enumerate(received)}, self.policy_version)
+        want = torch.tensor(learner_probe)
+        probe_diff = max(float((torch.tensor(probe) - want).abs().max()) for _, probe in received)
         tolerance = 1e-4 if self.cfg.model.dtype == "float32" else 2e-2
         if probe_diff > tolerance:
             raise WeightSyncError(
@@ -221,12 +222,6 @@ class Driver:
             "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9),
             "sync/probe_max_diff": probe_diff,
         }
-
-    def probe_difference(self) -> float:
-        learner = gather([l.probe_logprobs.remote(self.probe_ids) for l in self.roles.learners], "learner")[0]
-        generators = gather([g.probe_logprobs.remote(self.probe_ids) for g in self.roles.rollout], "rollout")
-        want = torch.tensor(learner)
-        return max(float((torch.tensor(g) - want).abs().max()) for g in generators)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

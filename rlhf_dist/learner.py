@@ -198,8 +198,12 @@ class Learner:
         return True
 
     @torch.no_grad()
-    def broadcast_weights(self, buckets: list[Bucket]) -> list[int]:
-        """All ranks call this; rank 0 sends every bucket and returns the checksums it sent."""
+    def broadcast_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:
+        """All ranks call this; rank 0 sends every bucket.
+
+        Returns the checksums sent (rank 0; [] elsewhere) and the policy's log-probs on the probe,
+        which the driver compares with each generator's after it loaded the weights.
+        """
         by_name = {e.name: e for e in weight_entries(self.policy.module)}
         sums = []
         for bucket in buckets:
@@ -207,7 +211,7 @@ class Learner:
             with gathered([p for e in entries for p in e.params], self.zero3):
                 if self.rank == 0:
                     sums.append(self._sync.send_bucket([e.compute().to(bucket.dtype) for e in entries]))
-        return sums
+        return sums, self.probe_logprobs(probe_ids)
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -64,10 +64,10 @@ def _sync_and_check(driver):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(learner), atol=1e-4, rtol=0)
 
     state, expected = _expected_checksums(driver)
-    sends = [l.broadcast_weights.remote(driver.buckets) for l in roles.learners]
-    receives = [g.receive_weights.remote(driver.buckets) for g in roles.rollout]
-    assert ray.get(sends)[0] == expected
-    assert ray.get(receives) == [expected] * len(roles.rollout)
+    sends = [l.broadcast_weights.remote(driver.buckets, driver.probe_ids) for l in roles.learners]
+    receives = [g.receive_weights.remote(driver.buckets, driver.probe_ids) for g in roles.rollout]
+    assert ray.get(sends)[0][0] == expected
+    assert [sums for sums, _ in ray.get(receives)] == [expected] * len(roles.rollout)
     return state
 
 
