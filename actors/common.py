@@ -23,7 +23,11 @@ def actor_env() -> dict[str, str]:
             env.pop("DS_ACCELERATOR")
     except ImportError:
         pass
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    env = {k: os.environ.get(k, v) for k, v in env.items()}
+    if os.environ.get("PYTHONPATH"):
+        # `module:function` reward components must import in the actors as they do here.
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 class ComputeClock:

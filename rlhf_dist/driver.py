@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from rlhf_dist.config import RunConfig
 from rlhf_dist.data import Prompt, PromptSampler
 from rlhf_dist.experience import Experience
 from rlhf_dist.metrics import MetricsLogger
+from rlhf_dist.monitor import HackingMonitor
 from rlhf_dist.rollout import Request, Sample, request_seed
 from rlhf_dist.shaping import compute_advantages
 from rlhf_dist.weight_sync import DEFAULT_BUCKET_BYTES, WeightSyncError, verify_checksums
@@ -30,6 +32,10 @@ from rlhf_dist.weight_sync import DEFAULT_BUCKET_BYTES, WeightSyncError, verify_
 log = logging.getLogger(__name__)
 
 PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")
+
+
+class RewardHackingWarning(UserWarning):
+    """The proxy reward and the gold reward disagree, or KL left its budget."""
 
 
 class ActorFailed(RuntimeError):
@@ -76,6 +82,8 @@ class Driver:
         kl = cfg.algorithm.kl
         self.kl_ctl = AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
         self.policy_version = 0
+        mon = cfg.monitor
+        self.monitor = HackingMonitor(mon.window, mon.min_gold_drop, mon.kl_budget)
         self.timings: dict[str, float] = {}
         self.buckets: list = []
         self.records: list[dict[str, float]] = []
@@ -107,6 +115,7 @@ class Driver:
             sync_stats = self.sync_weights()
         self.kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
         record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
+        record["monitor/hacking_alarm"] = self.check_reward_hacking(step, record)
         self.metrics.log(step, {k: v for k, v in record.items() if k != "step"})
         self.log_samples(step, exp, texts)
         return record
@@ -238,6 +247,12 @@ class Driver:
             prompt_index=torch.tensor([s.prompt_index for s in samples]),
             policy_version=self.policy_version,
         )
+
+    def check_reward_hacking(self, step: int, record: dict[str, float]) -> float:
+        alarm = self.monitor.update(record["reward/mean"], record.get("reward/gold_mean"), record["kl/mean"])
+        if alarm.raised:
+            warnings.warn(f"reward-hacking alarm at step {step}: {alarm.reason}", RewardHackingWarning, stacklevel=2)
+        return float(alarm.raised)
 
     def step_metrics(self, step, exp, started, *parts: dict[str, float]) -> dict[str, float]:
         step_time = time.time() - started

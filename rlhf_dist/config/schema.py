@@ -190,6 +190,14 @@ class CheckpointConfig(Section):
     save_final: bool = True
 
 
+class MonitorConfig(Section):
+    """The reward-hacking alarm (rlhf_dist/monitor.py); active when a gold reward exists or a KL budget is set."""
+
+    window: int = Field(5, ge=3, description="steps over which proxy and gold trends are fitted")
+    min_gold_drop: float = Field(0.02, ge=0.0, description="gold fall along the window that counts as falling")
+    kl_budget: float | None = Field(None, gt=0.0, description="alarm when kl/mean (nats/sequence) exceeds it")
+
+
 class RunConfig(Section):
     """A whole run."""
 
@@ -206,3 +214,4 @@ class RunConfig(Section):
     placement: PlacementConfig = PlacementConfig()
     logging: LoggingConfig = LoggingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    monitor: MonitorConfig = MonitorConfig()

@@ -33,6 +33,8 @@ def _check_learned(records, steps):
     assert last > 2 * first, f"gold reward did not double: first 3 steps {first:.3f}, last 3 {last:.3f}"
     assert all(math.isfinite(r["kl/mean"]) for r in records)
     assert all(r["sync/verified"] == 1.0 for r in records)
+    # The proxy is the gold rule here: the reward-hacking alarm must stay quiet.
+    assert all(r["monitor/hacking_alarm"] == 0.0 for r in records)
     # fp32 on both sides: the rollout engine and the learner compute the same distribution.
     assert max(r["rollout/logprob_abs_diff"] for r in records) < 1e-4
 
