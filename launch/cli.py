@@ -57,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
+    for kind, text in (
+        ("sft", "supervised fine-tuning on prompt/response (or chat) rows"),
+        ("rm", "train a Bradley-Terry reward model on preference pairs, with calibration"),
+        ("dpo", "direct preference optimisation on preference pairs"),
+    ):
+        stage = commands.add_parser(kind, help=text)
+        stage.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]", help="e.g. data.path=pairs.jsonl model.path=DIR")
+        stage.add_argument("--run-dir", default=None, help=f"output directory (default: runs/{kind}-<timestamp>)")
+        stage.set_defaults(handler=_stage, kind=kind)
+
+    demo = commands.add_parser("demo", help="SFT -> RM -> PPO on a synthetic task with a gold preference rule")
+    demo.add_argument("--run-dir", default=None, help="output directory (default: runs/demo-<timestamp>)")
+    demo.add_argument("--small", action="store_true", help="a smaller, faster version (used by the tests)")
+    demo.set_defaults(handler=_demo)
+
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"
     )
@@ -99,6 +114,33 @@ def _train(args: argparse.Namespace) -> int:
     path, overrides = split_config_args(args.items)
     cfg = load_config(path, overrides)
     train(cfg, Path(args.run_dir) if args.run_dir else None, progress=False if args.no_progress else None)
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from launch.stages import run_stage
+    from rlhf_dist.config import load_config
+    from rlhf_dist.config.stages import StageConfig
+
+    path, overrides = split_config_args(args.items)
+    cfg = load_config(path, overrides, schema=StageConfig)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_stage(args.kind, cfg, run_dir)
+    print(f"{args.kind} model written to {result.model_dir}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from launch.demo import run_demo
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_demo(run_dir, small=args.small)
     return 0
 
 

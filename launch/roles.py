@@ -23,7 +23,14 @@ def start_ray(cfg: RunConfig) -> bool:
 
     Returns True when this call started Ray (so the caller shuts it down).
     """
-    from launch.run import local_cpus
+    from launch.run import required_cpus
+
+    return start_ray_cpus(required_cpus(cfg))
+
+
+def start_ray_cpus(needed_cpus: float) -> bool:
+    """`start_ray` for a known CPU need; a local cluster gets at least all cores."""
+    import math
 
     if ray.is_initialized():
         return False
@@ -33,7 +40,7 @@ def start_ray(cfg: RunConfig) -> bool:
         ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(
-            address="local", num_cpus=local_cpus(cfg), include_dashboard=False,
+            address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(needed_cpus)), include_dashboard=False,
             namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True,
         )
     return True

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_dist.config import RunConfig, dump_config
+from rlhf_dist.config.schema import ModelConfig
 from rlhf_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -44,13 +43,15 @@ def prepare_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def resolve_model(cfg: RunConfig, run_dir: Path) -> str:
+def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path) -> str:
     """The policy's directory: model.path, or a tiny model built into the run directory."""
-    if cfg.model.path is not None:
-        return cfg.model.path
+    if model.path is not None:
+        if model.path.startswith(("/", ".")) and not Path(model.path).exists():
+            raise UserError(f"model.path {model.path!r} does not exist; point it at a Hugging Face model directory")
+        return model.path
     from rlhf_dist.tiny import make_tiny
 
-    return str(make_tiny(run_dir / "tiny-model", cfg.model.tiny, seed=cfg.seed).policy)
+    return str(make_tiny(run_dir / "tiny-model", model.tiny, seed=seed).policy)
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None) -> RunResult:
@@ -60,7 +61,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = N
 
     run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    model_path = resolve_model(cfg, run_dir)
+    model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
     prompt_set = load_prompts(cfg.data, tokenizer, cfg.seed)
@@ -103,7 +104,3 @@ def required_cpus(cfg: RunConfig) -> float:
         + cfg.reference.num_workers * p.reference.num_cpus
         + cfg.learner.num_workers * p.learner.num_cpus
     )
-
-
-def local_cpus(cfg: RunConfig) -> int:
-    return max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))

@@ -9,18 +9,21 @@ from pathlib import Path
 import torch
 
 
-def write_hf_model(out_dir: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer_path: str) -> Path:
+def write_hf_model(
+    out_dir: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer_path: str, task: str = "causal"
+) -> Path:
     """Save ``state`` (Hugging Face names, merged if LoRA) as a model directory at ``out_dir``.
 
     The model is rebuilt from the base config and loaded strictly, so a missing or extra tensor
     fails here rather than in whoever loads the directory later.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from rlhf_dist.models import load_tokenizer
 
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
-    model = AutoModelForCausalLM.from_config(base.config)
+    model_cls = AutoModelForSequenceClassification if task == "rm" else AutoModelForCausalLM
+    model = model_cls.from_config(base.config)
     model.load_state_dict(state, strict=True)
     model = model.to(next(iter(state.values())).dtype)
     tmp = out_dir.with_name(out_dir.name + ".tmp")

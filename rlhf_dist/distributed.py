@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +33,44 @@ def init_learner_world(rank: int, world_size: int, master_addr: str, master_port
     return backend
 
 
+def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_size: int):
+    """A DeepSpeed engine for ``model`` with a plain AdamW client optimizer.
+
+    ``learner`` is a LearnerConfig: ZeRO stage, micro/mini batch sizes (gradient accumulation is
+    mini / (micro x world)), gradient clipping. Dropout is switched off (eval mode): log-probs
+    computed for training must equal those computed for sampling and reference.
+    """
+    import deepspeed
+
+    opt = learner.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": learner.micro_batch_size,
+        "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * world_size),
+        "gradient_clipping": learner.grad_clip,
+        "zero_optimization": {"stage": learner.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine.eval()
+    return engine
+
+
+def with_lora(model: torch.nn.Module, lora, task_type: str) -> torch.nn.Module:
+    """Wrap ``model`` with peft LoRA adapters (``lora`` is a LoraConfig section)."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type=task_type,
+    )
+    return get_peft_model(model, peft_config)
+
+
 @dataclass
 class WeightEntry:
     """One Hugging Face checkpoint tensor and how to compute it from the (maybe LoRA) model."""
@@ -51,9 +90,11 @@ class WeightEntry:
 
 
 def _hf_name(name: str) -> str:
-    """peft's ``base_model.model.x.base_layer.weight`` -> ``x.weight``."""
+    """peft's ``base_model.model.x.base_layer.weight`` -> ``x.weight``; a trained copy of a whole
+    module (``score.modules_to_save.default.weight``) -> ``score.weight``."""
     if name.startswith("base_model.model."):
         name = name[len("base_model.model.") :]
+    name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
     return name.replace(".base_layer.", ".")
 
 
@@ -81,6 +122,8 @@ def weight_entries(model: torch.nn.Module) -> list[WeightEntry]:
             entries.append(WeightEntry(f"{prefix}.bias", [base.bias], lambda b=base: b.bias.data))
         covered.update(id(p) for p in module.parameters())
     for name, param in model.named_parameters():
+        if ".original_module." in name:  # peft keeps the untrained original beside modules_to_save
+            continue
         if id(param) not in covered:
             entries.append(WeightEntry(_hf_name(name), [param], lambda p=param: p.data))
     return entries

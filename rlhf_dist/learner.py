@@ -15,7 +15,7 @@ import torch.distributed as dist
 from rlhf_dist.algorithms import aggregate_loss, kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
-from rlhf_dist.distributed import gathered, init_learner_world, weight_entries
+from rlhf_dist.distributed import build_engine, with_lora, gathered, init_learner_world, weight_entries
 from rlhf_dist.experience import Experience
 from rlhf_dist.models import load_causal_lm, response_logprobs
 from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, plan_buckets
@@ -42,7 +42,7 @@ class Learner:
         if cfg.learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         if cfg.learner.lora.enabled:
-            policy = _with_lora(policy, cfg)
+            policy = with_lora(policy, cfg.learner.lora, "CAUSAL_LM")
         self.policy = self._engine(policy, cfg.learner.optimizer.lr)
         self.critic = None
         if cfg.algorithm.name == "ppo":
@@ -52,25 +52,7 @@ class Learner:
         self._sync: SyncGroup | None = None
 
     def _engine(self, model: torch.nn.Module, lr: float):
-        import deepspeed
-
-        learner, opt = self.cfg.learner, self.cfg.learner.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": learner.micro_batch_size,
-            "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * self.world_size),
-            "gradient_clipping": learner.grad_clip,
-            "zero_optimization": {"stage": learner.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
-            "fp16": {"enabled": self.cfg.model.dtype == "float16"},
-            "steps_per_print": 10**9,
-        }
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        # Dropout off: the learner's log-probs must equal the rollout engine's for the same weights.
-        engine.eval()
-        return engine
+        return build_engine(model, self.cfg.learner, self.cfg.model.dtype, lr, self.world_size)
 
     # -- forward passes -------------------------------------------------------------------------
 
@@ -240,14 +222,3 @@ def _tokens(exp: Experience, device: torch.device):
         exp.response_ids.to(device),
         exp.response_mask.to(device),
     )
-
-
-def _with_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    lora = cfg.learner.lora
-    peft_config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_config)

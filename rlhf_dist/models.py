@@ -87,3 +87,36 @@ def response_logprobs(
     if with_entropy:
         entropy = -(log_probs.exp() * log_probs).sum(-1)
     return token_logprobs, entropy
+
+
+def reward_input_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    """How a reward model reads a pair, in training and in scoring alike: prompt, then response, no eos."""
+    return tokenizer(prompt).input_ids + tokenizer(response, add_special_tokens=False).input_ids
+
+
+def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scalar scores of a sequence-classification model at each row's last real token.
+
+    Rows are right padded. Pooling by the attention mask (not by searching for the pad id, as
+    transformers does) stays right when the pad token equals the eos token.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.long().sum(-1) - 1
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return model.score(pooled).squeeze(-1).float()
+
+
+def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, L), right padded."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, L), left padded."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -220,26 +221,30 @@ class RewardModel:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(device).eval()
         self.device, self.batch_size = device, batch_size
+        norm_file = Path(path) / "reward_normalization.json"
+        self.normalization = json.loads(norm_file.read_text()) if norm_file.exists() else None
         self.max_length = getattr(model.config, "max_position_embeddings", None) or min(
             self.tokenizer.model_max_length, 1 << 20
         )
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """Scores (B,) float32 on CPU: ``logits[:, 0]`` for each ``prompt + response``."""
-        texts = [p + r for p, r in zip(prompts, responses, strict=True)]
+        """Scores (B,) float32 on CPU for each (prompt, response), read as in RM training.
+
+        When the model directory holds ``reward_normalization.json`` (written by `rlhf-dist rm`),
+        scores are normalised with its mean and std, so that PPO sees rewards of unit scale.
+        """
+        from rlhf_dist.models import reward_input_ids, right_pad, sequence_scores
+
+        rows = [reward_input_ids(self.tokenizer, p, r)[: self.max_length] for p, r in zip(prompts, responses, strict=True)]
         scores = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            scores.append(logits[:, 0].float().cpu())
-        return torch.cat(scores) if scores else torch.zeros(0)
+        for start in range(0, len(rows), self.batch_size):
+            ids, mask = right_pad(rows[start : start + self.batch_size], self.tokenizer.pad_token_id)
+            scores.append(sequence_scores(self.model, ids.to(self.device), mask.to(self.device)).cpu())
+        out = torch.cat(scores) if scores else torch.zeros(0)
+        if self.normalization is not None:
+            out = (out - self.normalization["mean"]) / self.normalization["std"]
+        return out
 
 
 # ----------------------------------------------------------------------------- the composite

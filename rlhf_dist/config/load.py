@@ -36,20 +36,29 @@ def default_config_path() -> Path:
     return Path(str(resources.files("rlhf_dist") / "defaults" / DEFAULT_CONFIG_NAME))
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read ``path`` (the embedded default when None), apply overrides, validate everything."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), schema: type[BaseModel] = RunConfig):
+    """Read ``path``, apply overrides, validate everything.
+
+    Without a path a `RunConfig` starts from the embedded default run; other schemas (the
+    supervised stages) start from their field defaults.
+    """
+    from rlhf_dist.config.stages import StageConfig, validate_stage_config
     from rlhf_dist.config.validate import validate_config
 
-    source = str(path) if path is not None else "the embedded default"
-    raw = read_yaml(Path(path) if path is not None else default_config_path())
+    source = str(path) if path is not None else ("the embedded default" if schema is RunConfig else None)
+    if path is not None:
+        raw = read_yaml(Path(path))
+    else:
+        raw = read_yaml(default_config_path()) if schema is RunConfig else {}
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
     try:
-        config = RunConfig.model_validate(raw)
+        config = schema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, raw) for err in exc.errors()], source) from None
-    problems = validate_config(config)
+        raise ConfigError([_describe(err, raw, schema) for err in exc.errors()], source) from None
+    checks = {RunConfig: validate_config, StageConfig: validate_stage_config}
+    problems = checks[schema](config)
     if problems:
         raise ConfigError(problems, source)
     return config
@@ -128,24 +137,26 @@ def _list_index(node: list[Any], part: str, path: str) -> int:
 # -- error messages --------------------------------------------------------------------------------
 
 
-def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] = RunConfig) -> str:
     """One line for one pydantic error: the dotted key path, the value seen, what is allowed."""
-    path, parent = _field_path(err["loc"], unknown_key=err["type"] == "extra_forbidden")
+    path, parent = _field_path(err["loc"], root, unknown_key=err["type"] == "extra_forbidden")
     dotted = ".".join(path) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{dotted}: unknown key{_did_you_mean(path[-1], parent, path[:-1])}"
+        return f"{dotted}: unknown key{_did_you_mean(path[-1], parent, path[:-1], root)}"
     if err["type"] == "missing":
         return f"{dotted}: required key is missing"
     shown = _lookup(raw, path)
     return f"{dotted}: got {shown!r}; {_lowercase_first(err['msg'])}"
 
 
-def _field_path(loc: tuple[Any, ...], unknown_key: bool) -> tuple[list[str], type[BaseModel] | None]:
+def _field_path(
+    loc: tuple[Any, ...], root: type[BaseModel], unknown_key: bool
+) -> tuple[list[str], type[BaseModel] | None]:
     """Turn pydantic's ``loc`` into a dotted key path, dropping its union-member labels.
 
     Also returns the model class that holds the last key (for did-you-mean suggestions).
     """
-    model: type[BaseModel] | None = RunConfig
+    model: type[BaseModel] | None = root
     path: list[str] = []
     for position, item in enumerate(loc):
         if isinstance(item, int):
@@ -169,11 +180,11 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _did_you_mean(key: str, parent: type[BaseModel] | None, prefix: list[str]) -> str:
+def _did_you_mean(key: str, parent: type[BaseModel] | None, prefix: list[str], root: type[BaseModel]) -> str:
     if parent is None:
         return ""
     siblings = list(parent.model_fields)
-    everywhere = _all_paths(RunConfig)
+    everywhere = _all_paths(root)
     exact = [p for p in everywhere if p.rsplit(".", 1)[-1] == key]
     if exact:
         return f"; did you mean {' or '.join(repr(p) for p in exact)}?"

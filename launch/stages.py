@@ -1,0 +1,184 @@
+"""`rlhf-dist sft|rm|dpo`: the supervised stages on DeepSpeed learner actors.
+
+Data is read and tokenised here, before any actor starts, so a bad row fails fast with its line
+number. Each epoch shuffles the training examples, shards them over the ranks, trains, then
+evaluates on the held-out split; the model is written in Hugging Face format for the next stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rlhf_dist.calibration import expected_calibration_error, fit_temperature
+from rlhf_dist.config import dump_config
+from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.driver import gather
+from rlhf_dist.errors import UserError
+from rlhf_dist.stage_data import Examples, preference_examples, read_rows, sft_examples
+
+
+@dataclass
+class StageResult:
+    kind: str
+    model_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def run_stage(kind: str, cfg: StageConfig, run_dir: Path, rows: list[dict[str, Any]] | None = None) -> StageResult:
+    """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``."""
+    from launch.roles import start_ray_cpus, stop_roles
+    from launch.run import prepare_run_dir, resolve_model_path
+    from rlhf_dist.metrics import MetricsLogger
+    from rlhf_dist.models import load_tokenizer
+
+    run_dir = prepare_run_dir(run_dir)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
+    tokenizer_path = cfg.model.tokenizer or model_path
+    tokenizer = load_tokenizer(tokenizer_path)
+    if rows is None:
+        if cfg.data.path is None:
+            raise UserError(f"rlhf-dist {kind} needs data.path (JSONL, Parquet or a datasets directory)")
+        rows = read_rows(cfg.data.path, cfg.data.format)
+    make = sft_examples if kind == "sft" else preference_examples
+    examples = make(rows, tokenizer, cfg.data, cfg.seed)
+    print(f"{kind}: {len(examples.train)} train / {len(examples.eval)} held-out examples; "
+          f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
+    started = start_ray_cpus(cfg.learner.num_workers * 0.5)
+    workers = []
+    try:
+        workers = _start_workers(kind, cfg, model_path, tokenizer.pad_token_id)
+        with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False) as metrics:
+            result = _train(kind, cfg, workers, examples, metrics)
+            result.model_dir = run_dir / "model"
+            gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")
+            if kind == "rm":
+                _write_normalization(result, workers, examples)
+        (run_dir / "summary.json").write_text(json.dumps(result.metrics, indent=2))
+        return result
+    finally:
+        for w in workers:
+            ray.kill(w)
+        stop_roles(None, started)
+
+
+def _start_workers(kind: str, cfg: StageConfig, model_path: str, pad_id: int) -> list[Any]:
+    from actors.stage import StageWorker
+
+    n = cfg.learner.num_workers
+    workers = [StageWorker.options(name=f"{kind}-learner-{i}", num_cpus=0.5).remote(i) for i in range(n)]
+    addr, port = gather([workers[0].rendezvous_address.remote()], kind)[0]
+    gather([w.setup.remote(kind, cfg, model_path, pad_id, n, addr, port) for w in workers], f"{kind} learner")
+    return workers
+
+
+def _shards(items: list[Any], n: int) -> list[list[Any]]:
+    return [items[r::n] for r in range(n)]
+
+
+def _sum(parts: list[dict[str, Any]]) -> dict[str, float]:
+    keys = {k for p in parts for k, v in p.items() if not isinstance(v, list)}
+    return {k: sum(p.get(k, 0.0) for p in parts) for k in keys}
+
+
+def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, metrics) -> StageResult:
+    n = len(workers)
+    ref_train = ref_eval = None
+    if kind == "dpo":
+        ref_train = _reference(workers, examples.train)
+        ref_eval = _reference(workers, examples.eval)
+    result = StageResult(kind, Path())
+    record = _evaluate(kind, workers, examples, ref_eval)
+    metrics.log(0, record)
+    result.history.append(record)
+    result.metrics.update({f"{k}_start": v for k, v in record.items()})
+    rng = random.Random(cfg.seed)
+    for epoch in range(1, cfg.epochs + 1):
+        order = list(range(len(examples.train)))
+        rng.shuffle(order)
+        shards = _shards(order, n)
+        calls = [
+            w.train_epoch.remote([examples.train[i] for i in s], [ref_train[i] for i in s] if ref_train else None)
+            for w, s in zip(workers, shards)
+        ]
+        sums = _sum(gather(calls, f"{kind} learner"))
+        record = {f"{kind}/train_loss": _per(sums, "nll_sum" if kind == "sft" else "loss_sum")}
+        if kind != "sft":
+            record[f"{kind}/train_accuracy"] = _per(sums, "correct")
+        record.update(_evaluate(kind, workers, examples, ref_eval))
+        metrics.log(epoch, record)
+        result.history.append(record)
+        print(f"{kind} epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
+    result.metrics.update(result.history[-1])
+    return result
+
+
+def _per(sums: dict[str, float], key: str) -> float:
+    return sums.get(key, 0.0) / max(sums.get("count", 0.0), 1.0)
+
+
+def _reference(workers: list[Any], pairs: list) -> list[tuple[float, float]]:
+    shards = _shards(list(range(len(pairs))), len(workers))
+    parts = gather([w.reference_logprobs.remote([pairs[i] for i in s]) for w, s in zip(workers, shards)], "dpo reference")
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
+    for s, values in zip(shards, parts):
+        for i, v in zip(s, values):
+            out[i] = v
+    return out
+
+
+def _evaluate(kind: str, workers: list[Any], examples: Examples, ref_eval) -> dict[str, float]:
+    if not examples.eval:
+        return {}
+    shards = _shards(list(range(len(examples.eval))), len(workers))
+    calls = [
+        w.evaluate.remote([examples.eval[i] for i in s], [ref_eval[i] for i in s] if ref_eval else None)
+        for w, s in zip(workers, shards)
+    ]
+    parts = gather(calls, f"{kind} evaluation")
+    sums = _sum(parts)
+    if kind == "sft":
+        return {"sft/eval_loss": _per(sums, "nll_sum")}
+    record = {f"{kind}/eval_accuracy": _per(sums, "correct"), f"{kind}/eval_margin": _per(sums, "margin_sum")}
+    if kind == "dpo":
+        record["dpo/eval_kl"] = _per(sums, "logratio_sum")
+        record["dpo/gold_preferred_rate"] = _per(sums, "policy_prefers_chosen")
+    if kind == "rm":
+        record.update(_calibrate([m for p in parts for m in p["margins"]]))
+    return record
+
+
+def _calibrate(margins: list[float]) -> dict[str, float]:
+    """Fit T on one half of the held-out pairs and measure ECE on the other (CONTRACTS)."""
+    import torch
+
+    if len(margins) < 4:
+        return {}
+    values = torch.tensor(margins)
+    fit_half, measure_half = values[0::2], values[1::2]
+    temperature = fit_temperature(fit_half)
+    return {
+        "rm/temperature": temperature,
+        "rm/ece_before": expected_calibration_error(measure_half),
+        "rm/ece_after": expected_calibration_error(measure_half, temperature),
+    }
+
+
+def _write_normalization(result: StageResult, workers: list[Any], examples: Examples) -> None:
+    """Save mean/std of the RM's scores on a reference set (training pairs) beside the model."""
+    reference = examples.train[:512]
+    shards = _shards(reference, len(workers))
+    scores = [s for part in gather([w.score_responses.remote(sh) for w, sh in zip(workers, shards)], "rm") for s in part]
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) or 1.0
+    stats = {"mean": mean, "std": std, "temperature": result.metrics.get("rm/temperature", 1.0), "num_scores": len(scores)}
+    (result.model_dir / "reward_normalization.json").write_text(json.dumps(stats, indent=2))
+    result.metrics.update({"rm/score_mean": mean, "rm/score_std": std})

@@ -1,0 +1,52 @@
+"""Configs of the supervised stages: `rlhf-dist sft`, `rlhf-dist rm` and `rlhf-dist dpo`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rlhf_dist.config.schema import LearnerConfig, LoggingConfig, ModelConfig, OptimizerConfig, Section
+
+
+class StageDataConfig(Section):
+    """Training rows: JSONL, Parquet, or a `datasets` directory saved with save_to_disk."""
+
+    path: str | None = Field(None, description="file or directory; required except in `rlhf-dist demo`")
+    format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
+    max_length: int = Field(128, ge=8, description="tokens of prompt + response")
+    overlong: Literal["truncate", "skip"] = "truncate"
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of rows held out for evaluation")
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    messages_key: str = "messages"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+
+
+class StageLearnerConfig(LearnerConfig):
+    mini_batch_size: int = Field(16, ge=1, description="examples (pairs for rm/dpo) per optimizer step, all ranks")
+    micro_batch_size: int = Field(8, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3)
+
+
+class StageConfig(Section):
+    name: str = Field("stage", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(2, ge=1)
+    model: ModelConfig = ModelConfig()
+    data: StageDataConfig = StageDataConfig()
+    learner: StageLearnerConfig = StageLearnerConfig()
+    beta: float = Field(0.1, gt=0.0, description="dpo: inverse temperature of the implicit reward")
+    logging: LoggingConfig = LoggingConfig()
+
+
+def validate_stage_config(cfg: StageConfig) -> list[str]:
+    learner = cfg.learner
+    per_step = learner.num_workers * learner.micro_batch_size
+    if learner.mini_batch_size % per_step:
+        return [
+            f"learner.mini_batch_size={learner.mini_batch_size} is not a multiple of learner.num_workers x "
+            f"learner.micro_batch_size = {per_step}; every rank needs whole micro-batches"
+        ]
+    return []
