@@ -32,8 +32,15 @@ class StageResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def run_stage(kind: str, cfg: StageConfig, run_dir: Path, rows: list[dict[str, Any]] | None = None) -> StageResult:
-    """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``."""
+def run_stage(
+    kind: str,
+    cfg: StageConfig,
+    run_dir: Path,
+    rows: list[dict[str, Any]] | None = None,
+    eval_rows: list[dict[str, Any]] | None = None,
+) -> StageResult:
+    """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``,
+    and ``eval_rows``, when given, is the held-out set (all of ``rows`` then trains)."""
     from launch.roles import start_ray_cpus, stop_roles
     from launch.run import prepare_run_dir, resolve_model_path
     from rlhf_dist.metrics import MetricsLogger
@@ -49,7 +56,11 @@ def run_stage(kind: str, cfg: StageConfig, run_dir: Path, rows: list[dict[str, A
             raise UserError(f"rlhf-dist {kind} needs data.path (JSONL, Parquet or a datasets directory)")
         rows = read_rows(cfg.data.path, cfg.data.format)
     make = sft_examples if kind == "sft" else preference_examples
+    if eval_rows is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_fraction": 0.0})})
     examples = make(rows, tokenizer, cfg.data, cfg.seed)
+    if eval_rows is not None:
+        examples.eval = make(eval_rows, tokenizer, cfg.data, cfg.seed).train
     print(f"{kind}: {len(examples.train)} train / {len(examples.eval)} held-out examples; "
           f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
     started = start_ray_cpus(cfg.learner.num_workers * 0.5)
@@ -149,7 +160,8 @@ def _evaluate(kind: str, workers: list[Any], examples: Examples, ref_eval) -> di
         return {"sft/eval_loss": _per(sums, "nll_sum")}
     record = {f"{kind}/eval_accuracy": _per(sums, "correct"), f"{kind}/eval_margin": _per(sums, "margin_sum")}
     if kind == "dpo":
-        record["dpo/eval_kl"] = _per(sums, "logratio_sum")
+        # Mean log(pi / pi_ref) of the held-out responses: how far the policy moved on them.
+        record["dpo/eval_logratio"] = _per(sums, "logratio_sum")
         record["dpo/gold_preferred_rate"] = _per(sums, "policy_prefers_chosen")
     if kind == "rm":
         record.update(_calibrate([m for p in parts for m in p["margins"]]))
