@@ -103,7 +103,12 @@ def _chat_split(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], l
         full = tokenizer.apply_chat_template(messages, tokenize=True)
         if hasattr(prompt, "input_ids"):
             prompt, full = prompt["input_ids"], full["input_ids"]
-        return list(prompt), list(full[len(prompt) :])
+        # The prompt's last token may merge with the reply's first (e.g. "assistant: " + "aaa"),
+        # so split the full conversation where its tokens stop agreeing with the prompt's.
+        common = 0
+        while common < min(len(prompt), len(full)) and prompt[common] == full[common]:
+            common += 1
+        return list(full[:common]), list(full[common:])
     text = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + f"{messages[-1]['role']}: "
     return _encode_prompt(tokenizer, text), _encode_response(tokenizer, messages[-1]["content"])
 

@@ -1,0 +1,86 @@
+"""Reading and tokenising SFT and preference data: formats, errors with line numbers, over-long rows."""
+
+import json
+
+import pytest
+
+from rlhf_dist.config.stages import StageDataConfig
+from rlhf_dist.stage_data import StageDataError, preference_examples, read_rows, sft_examples
+from rlhf_dist.tiny import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_loss_covers_the_response_only(tokenizer):
+    rows = [{"prompt": "write letters: cat", "response": "banana apple"}] * 4
+    ex = sft_examples(rows, tokenizer, StageDataConfig(eval_fraction=0.25), seed=0)
+    assert len(ex.train) == 3 and len(ex.eval) == 1
+    first = ex.train[0]
+    assert first.prompt_ids == tokenizer("write letters: cat").input_ids
+    assert first.response_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(first.response_ids, skip_special_tokens=True) == "banana apple"
+
+
+def test_chat_rows_use_the_chat_template(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+    )
+    try:
+        rows = [{"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "aaa"}]}]
+        ex = sft_examples(rows, tokenizer, StageDataConfig(eval_fraction=0.0), seed=0)
+    finally:
+        tokenizer.chat_template = None
+    example = ex.train[0]
+    assert tokenizer.decode(example.prompt_ids).endswith("assistant:")
+    assert tokenizer.decode(example.response_ids, skip_special_tokens=True) == " aaa"
+    assert example.response_ids[-1] == tokenizer.eos_token_id
+
+
+def test_overlong_rows_truncate_or_skip_and_are_counted(tokenizer):
+    long = " ".join(["banana"] * 60)
+    rows = [{"prompt": "p", "chosen": long, "rejected": "a"}, {"prompt": "p", "chosen": "aa", "rejected": "b"}]
+    truncated = preference_examples(rows, tokenizer, StageDataConfig(max_length=16, eval_fraction=0.0), seed=0)
+    assert truncated.num_truncated == 1 and truncated.num_skipped == 0
+    assert all(len(e.prompt_ids) + len(e.chosen_ids) <= 16 for e in truncated.train)
+    skipped = preference_examples(rows, tokenizer, StageDataConfig(max_length=16, overlong="skip", eval_fraction=0.0), seed=0)
+    assert skipped.num_skipped == 1 and len(skipped.train) == 1
+
+
+def test_malformed_jsonl_line_is_reported_by_number(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": \n')
+    with pytest.raises(StageDataError, match="bad.jsonl, line 3: not valid JSON"):
+        read_rows(path)
+
+
+def test_missing_field_empty_file_and_missing_path(tmp_path, tokenizer):
+    with pytest.raises(StageDataError, match=r"row 2: missing field 'chosen' \(it has \['prompt', 'rejected'\]\)"):
+        preference_examples([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "rejected": "c"}],
+                            tokenizer, StageDataConfig(), seed=0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(StageDataError, match="holds no rows"):
+        read_rows(empty)
+    with pytest.raises(StageDataError, match="does not exist"):
+        read_rows(tmp_path / "nope.jsonl")
+
+
+def test_parquet_and_saved_datasets(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "chosen": "aa", "rejected": "b"} for i in range(5)]
+    data = datasets.Dataset.from_list(rows)
+    data.to_parquet(str(tmp_path / "pairs.parquet"))
+    data.save_to_disk(str(tmp_path / "pairs_ds"))
+    assert read_rows(tmp_path / "pairs.parquet") == rows
+    assert read_rows(tmp_path / "pairs_ds") == rows
+    assert read_rows(write_jsonl(tmp_path / "pairs.jsonl", rows)) == rows
