@@ -100,6 +100,8 @@ def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     Rows are right padded. Pooling by the attention mask (not by searching for the pad id, as
     transformers does) stays right when the pad token equals the eos token.
     """
+    if hasattr(model, "get_base_model"):  # peft: the wrapped model, with its LoRA layers in place
+        model = model.get_base_model()
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.long().sum(-1) - 1
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

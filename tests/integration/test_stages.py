@@ -76,3 +76,16 @@ def test_dpo_with_lora_raises_the_gold_preferred_rate(sft, tmp_path):
 
     merged = AutoModelForCausalLM.from_pretrained(dpo.model_dir)  # LoRA merged into plain weights
     assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_rm_with_lora_under_zero3_saves_a_mergeable_scorer(sft, tmp_path):
+    cfg = stage_cfg(sft.model_dir, epochs=2, learner={"lora": {"enabled": True}, "zero_stage": 3})
+    held_out = preference_pairs(128, seed=9, label_noise=0.0)
+    rm = run_stage("rm", cfg, tmp_path / "rm", rows=preference_pairs(384, seed=5, label_noise=0.0), eval_rows=held_out)
+    # The saved directory is a plain sequence classifier (LoRA merged, peft's trained head kept).
+    scorer = CompositeReward(RewardConfig(components=[{"type": "model", "path": str(rm.model_dir), "name": "rm"}]))
+    prompts = [r["prompt"] for r in held_out]
+    chosen = scorer.score(prompts, [r["chosen"] for r in held_out]).total
+    rejected = scorer.score(prompts, [r["rejected"] for r in held_out]).total
+    assert (chosen > rejected).float().mean().item() == pytest.approx(rm.metrics["rm/eval_accuracy"], abs=0.01)
+    assert rm.metrics["rm/eval_accuracy"] > 0.8
