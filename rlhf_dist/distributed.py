@@ -139,3 +139,14 @@ def gathered(params: list[torch.nn.Parameter], zero3: bool) -> Iterator[None]:
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
+
+
+@torch.no_grad()
+def full_state_dict(model: torch.nn.Module, zero3: bool, rank: int) -> dict[str, torch.Tensor]:
+    """All ranks call this; rank 0 gets the Hugging Face state dict (LoRA merged), others {}."""
+    state = {}
+    for entry in weight_entries(model):
+        with gathered(entry.params, zero3):
+            if rank == 0:
+                state[entry.name] = entry.compute().detach().cpu().clone()
+    return state

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from rlhf_dist.algorithms import aggregate_loss, kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
-from rlhf_dist.distributed import build_engine, with_lora, gathered, init_learner_world, weight_entries
+from rlhf_dist.distributed import build_engine, full_state_dict, gathered, init_learner_world, weight_entries, with_lora
 from rlhf_dist.experience import Experience
 from rlhf_dist.models import load_causal_lm, response_logprobs
 from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, plan_buckets
@@ -195,15 +195,9 @@ class Learner:
                     sums.append(self._sync.send_bucket([e.compute().to(bucket.dtype) for e in entries]))
         return sums, self.probe_logprobs(probe_ids)
 
-    @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """All ranks call this; rank 0 gets the merged Hugging Face state dict, the others {}."""
-        state = {}
-        for entry in weight_entries(self.policy.module):
-            with gathered(entry.params, self.zero3):
-                if self.rank == 0:
-                    state[entry.name] = entry.compute().detach().cpu().clone()
-        return state
+        return full_state_dict(self.policy.module, self.zero3, self.rank)
 
     def save_pretrained(self, out_dir: str, tokenizer_path: str) -> str | None:
         """All ranks call this; rank 0 writes a Hugging Face model directory (merged if LoRA)."""

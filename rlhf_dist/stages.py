@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from rlhf_dist.algorithms import bradley_terry_loss, dpo_loss
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.distributed import build_engine, gathered, init_learner_world, weight_entries, with_lora
+from rlhf_dist.distributed import build_engine, full_state_dict, init_learner_world, with_lora
 from rlhf_dist.models import left_pad, load_causal_lm, response_logprobs, right_pad, sequence_scores
 from rlhf_dist.stage_data import PairExample, SFTExample
 
@@ -179,11 +179,7 @@ class StageTrainer:
 
     def save(self, out_dir: str, tokenizer_path: str) -> str | None:
         """All ranks call this; rank 0 writes a Hugging Face directory (LoRA merged)."""
-        state = {}
-        for entry in weight_entries(self.engine.module):
-            with gathered(entry.params, self.zero3):
-                if self.rank == 0:
-                    state[entry.name] = entry.compute().detach().cpu().clone()
+        state = full_state_dict(self.engine.module, self.zero3, self.rank)
         if self.rank != 0:
             return None
         from rlhf_dist.checkpoint import write_hf_model
