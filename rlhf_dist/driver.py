@@ -25,6 +25,7 @@ from rlhf_dist.data import Prompt, PromptSampler
 from rlhf_dist.experience import Experience
 from rlhf_dist.metrics import MetricsLogger
 from rlhf_dist.monitor import HackingMonitor
+from rlhf_dist.ray_metrics import RayMetricsExporter
 from rlhf_dist.rollout import Request, Sample, request_seed
 from rlhf_dist.shaping import compute_advantages
 from rlhf_dist.weight_sync import DEFAULT_BUCKET_BYTES, WeightSyncError, verify_checksums
@@ -84,6 +85,7 @@ class Driver:
         self.policy_version = 0
         mon = cfg.monitor
         self.monitor = HackingMonitor(mon.window, mon.min_gold_drop, mon.kl_budget)
+        self.ray_metrics = RayMetricsExporter(cfg.name)
         self.timings: dict[str, float] = {}
         self.buckets: list = []
         self.records: list[dict[str, float]] = []
@@ -117,6 +119,7 @@ class Driver:
         record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
         record["monitor/hacking_alarm"] = self.check_reward_hacking(step, record)
         self.metrics.log(step, {k: v for k, v in record.items() if k != "step"})
+        self.ray_metrics.export(record)
         self.log_samples(step, exp, texts)
         return record
 

@@ -135,3 +135,12 @@ def test_summary_table_falls_back_to_reward_without_gold():
     assert row(table, "reward (reward/mean)")[2:5] == ["0.200", "0.800", "4.0x"]
     assert "gold" not in table
     assert summary_table([]) == "no metrics logged"
+
+
+def test_ray_metric_names_follow_the_contract():
+    from rlhf_dist.ray_metrics import ray_metric_name
+
+    assert ray_metric_name("reward/mean") == "rlhf_reward_mean"
+    assert ray_metric_name("timing/generate") == "rlhf_timing_generate"
+    assert ray_metric_name("throughput/tokens_per_s") == "rlhf_throughput_tokens_per_s"
+    assert ray_metric_name("reward/gold-mean.x") == "rlhf_reward_gold_mean_x"
