@@ -8,6 +8,7 @@ Ray) happen inside the subcommands, so `config show` answers in well under a sec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -72,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--small", action="store_true", help="a smaller, faster version (used by the tests)")
     demo.set_defaults(handler=_demo)
 
+    submit = commands.add_parser("submit", help="submit a training run to a Ray cluster as a Ray job")
+    submit.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    _address_args(submit)
+    submit.add_argument("--python", default="python", help="interpreter on the cluster (default: python)")
+    submit.set_defaults(handler=_submit)
+    for name, text in (("status", "a submitted job's status"), ("logs", "a submitted job's logs"), ("stop", "stop a submitted job")):
+        job = commands.add_parser(name, help=text)
+        job.add_argument("job_id")
+        _address_args(job)
+        job.set_defaults(handler=_job, action=name)
+
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"
     )
@@ -84,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_make_tiny)
     return parser
+
+
+def _address_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
+        help="the head's dashboard URL (default: $RAY_DASHBOARD_ADDRESS or http://127.0.0.1:8265)",
+    )
+    parser.add_argument("--token", default=None, help="Ray auth token (default: $RAY_AUTH_TOKEN)")
 
 
 def split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -141,6 +161,31 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     run_demo(run_dir, small=args.small)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from launch.jobs import submit
+    from rlhf_dist.config import load_config
+
+    path, overrides = split_config_args(args.items)
+    cfg = load_config(path, overrides)  # bad input fails here, before the cluster sees it
+    job_id = submit(cfg, args.address, args.token, args.python)
+    print(f"submitted job: {job_id}")
+    print(f"dashboard: {args.address.rstrip('/')}/#/jobs/{job_id}")
+    print(f"follow it: rlhf-dist logs {job_id} --address {args.address}")
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    from launch import jobs
+
+    if args.action == "status":
+        print(jobs.status(args.job_id, args.address, args.token))
+    elif args.action == "logs":
+        print(jobs.logs(args.job_id, args.address, args.token), end="")
+    else:
+        print("stopped" if jobs.stop(args.job_id, args.address, args.token) else "not running")
     return 0
 
 

@@ -46,7 +46,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     from rlhf_dist.config.validate import validate_config
 
     source = str(path) if path is not None else ("the embedded default" if schema is RunConfig else None)
-    if path is not None:
+    if path is not None and str(path).startswith("env:"):
+        raw = _yaml_from_env(str(path)[4:])
+    elif path is not None:
         raw = read_yaml(Path(path))
     else:
         raw = read_yaml(default_config_path()) if schema is RunConfig else {}
@@ -81,6 +83,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path} must hold a mapping of sections (model:, rollout:, ...), got {type(data).__name__}"])
+    return data
+
+
+def _yaml_from_env(name: str) -> dict[str, Any]:
+    """``env:NAME``: the config is the YAML text of environment variable NAME (how submitted jobs get it)."""
+    import os
+
+    if name not in os.environ:
+        raise ConfigError([f"config env:{name}: environment variable {name} is not set"])
+    data = yaml.safe_load(os.environ[name]) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config env:{name} must hold a mapping of sections"])
     return data
 
 

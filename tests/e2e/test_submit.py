@@ -1,0 +1,70 @@
+"""A run submitted to a real Ray head: `ray start --head`, `rlhf-dist submit`, status, logs, metrics."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rlhf_dist.weight_sync import free_port
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def head():
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
+    dashboard, metrics = free_port(), free_port()
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=4", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield {"address": f"http://127.0.0.1:{dashboard}", "metrics": metrics, "env": env}
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_submit_runs_to_success_with_logs_and_metrics(head):
+    address, env = head["address"], head["env"]
+    out = cli("submit", "steps=3", "logging.samples_every=0", "--address", address, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job_id = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("submitted job:"))
+    assert f"{address}/#/jobs/{job_id}" in out.stdout
+
+    deadline, state = time.time() + 600, ""
+    while time.time() < deadline:
+        state = cli("status", job_id, "--address", address, env=env).stdout.strip()
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3)
+    logs = cli("logs", job_id, "--address", address, env=env).stdout
+    assert state == "SUCCEEDED", logs[-3000:]
+    assert "gold reward" in logs and "outputs:" in logs
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=10).read().decode()
+    for name in ("rlhf_reward_mean", "rlhf_reward_gold_mean", "rlhf_kl_mean", "rlhf_rollout_logprob_abs_diff",
+                 "rlhf_policy_version", "rlhf_timing_generate", "rlhf_throughput_tokens_per_s", "rlhf_sync_seconds"):
+        assert f"ray_{name}{{" in body, f"{name} missing from the head's metrics endpoint"
+
+
+def test_bad_config_and_unreachable_head_fail_before_submission(head):
+    out = cli("submit", "learner.zero_stage=7", "--address", head["address"], env=head["env"])
+    assert out.returncode == 2 and "learner.zero_stage: got 7" in out.stderr
+    out = cli("submit", "steps=1", "--address", f"http://127.0.0.1:{free_port()}", env=head["env"])
+    assert out.returncode == 2 and "cannot reach the Ray Jobs API" in out.stderr and "Traceback" not in out.stderr
+    out = cli("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
+    assert out.returncode == 2 and "no job 'raysubmit_nope'" in out.stderr
+    out = cli("status", "raysubmit_x", "--address", "127.0.0.1:8265", env=head["env"])
+    assert out.returncode == 2 and "must be the dashboard URL" in out.stderr
