@@ -36,6 +36,24 @@ class ComputeClock:
 
     _intervals: list[tuple[float, float]]
 
+    def ready(self) -> bool:
+        return True
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def rng_state(self) -> dict:
+        """This actor's torch/numpy/python RNG states, for checkpoints."""
+        from rlhf_dist.checkpoint import rng_state
+
+        return rng_state()
+
+    def set_rng_state(self, state: dict) -> bool:
+        from rlhf_dist.checkpoint import set_rng_state
+
+        set_rng_state(state)
+        return True
+
     def pop_intervals(self) -> list[tuple[float, float]]:
         intervals, self._intervals = getattr(self, "_intervals", []), []
         return intervals

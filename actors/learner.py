@@ -38,6 +38,14 @@ class Learner(ComputeClock):
     def logprobs(self, shard: Experience) -> torch.Tensor:
         return self.core.logprobs(shard)
 
+    @computing
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self.core.save_checkpoint(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> bool:
+        self.core.load_checkpoint(ckpt_dir)
+        return True
+
     def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
         return self.core.weight_buckets(bucket_bytes)
 

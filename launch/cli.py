@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--run-dir", default=None, help="output directory (default: runs/<name>-<timestamp>)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    train.add_argument(
+        "--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+        help="continue RUN_DIR (or --run-dir) from its last complete checkpoint, with its saved config.yaml",
+    )
     train.set_defaults(handler=_train)
 
     for kind, text in (
@@ -131,9 +135,28 @@ def _train(args: argparse.Namespace) -> int:
     from launch.run import train
     from rlhf_dist.config import load_config
 
-    path, overrides = split_config_args(args.items)
-    cfg = load_config(path, overrides)
-    train(cfg, Path(args.run_dir) if args.run_dir else None, progress=False if args.no_progress else None)
+    from launch.run import load_resume_config
+    from rlhf_dist.driver import RunFailed
+
+    progress = False if args.no_progress else None
+    try:
+        if args.resume is not None:
+            run_dir = args.resume or args.run_dir
+            if not run_dir:
+                raise UserError("--resume needs the run directory: --resume RUN_DIR")
+            if args.items:
+                raise UserError(
+                    f"--resume continues with RUN_DIR/config.yaml; drop {' '.join(args.items)!r} "
+                    "(to change the config, start a new run)"
+                )
+            train(load_resume_config(Path(run_dir)), Path(run_dir), progress=progress, resume=True)
+            return 0
+        path, overrides = split_config_args(args.items)
+        cfg = load_config(path, overrides)
+        train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress)
+    except RunFailed as exc:
+        print(f"rlhf-dist: run failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

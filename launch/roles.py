@@ -55,25 +55,31 @@ def stop_roles(roles: Roles | None, shutdown: bool) -> None:
         ray.shutdown()
 
 
-def _options(name: str, res: RoleResources) -> dict:
-    return {"name": name, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1}
+def _options(name: str, res: RoleResources, restarts: int = 0) -> dict:
+    """Actor options. ``restarts``: how often Ray restarts a dead actor. Its failed calls are not
+    retried by Ray (``max_task_retries=0``): the driver re-syncs weights first, then redoes them."""
+    return {
+        "name": name, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1,
+        "max_restarts": restarts, "max_task_retries": 0,
+    }
 
 
 def build_roles(cfg: RunConfig, model_path: str) -> tuple[Roles, tuple[str, int]]:
     """Start every actor, wait until all are up; returns the roles and the sync-group address."""
     place = cfg.placement
     seed = cfg.seed
+    restarts = cfg.recovery.max_actor_restarts  # learners: 0, a DeepSpeed world cannot take a new rank
     rollout = [
-        RolloutWorker.options(**_options(f"rollout-{i}", place.rollout)).remote(model_path, cfg, seed + i)
+        RolloutWorker.options(**_options(f"rollout-{i}", place.rollout, restarts)).remote(model_path, cfg, seed + i)
         for i in range(cfg.rollout.num_workers)
     ]
     reward = [
-        RewardScorer.options(**_options(f"reward-{i}", place.reward)).remote(cfg.reward)
+        RewardScorer.options(**_options(f"reward-{i}", place.reward, restarts)).remote(cfg.reward)
         for i in range(cfg.reward.num_workers)
     ]
     reference_path = cfg.reference.path or model_path
     reference = [
-        ReferenceActor.options(**_options(f"reference-{i}", place.reference)).remote(reference_path, cfg)
+        ReferenceActor.options(**_options(f"reference-{i}", place.reference, restarts)).remote(reference_path, cfg)
         for i in range(cfg.reference.num_workers)
     ]
     learners = [

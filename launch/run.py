@@ -51,16 +51,49 @@ def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path) -> str:
         return model.path
     from rlhf_dist.tiny import make_tiny
 
+    built = run_dir / "tiny-model" / "policy"
+    if (built / "config.json").exists():  # a resumed run: the model this run started from
+        return str(built)
     return str(make_tiny(run_dir / "tiny-model", model.tiny, seed=seed).policy)
 
 
-def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None) -> RunResult:
+def load_resume_config(run_dir: Path) -> RunConfig:
+    """The config a run was started with, for ``--resume`` (contract: the saved config wins)."""
+    from rlhf_dist.config import load_config
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise UserError(f"--resume {str(run_dir)!r}: no config.yaml there; point --resume at the directory of a run")
+    return load_config(str(saved))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    from rlhf_dist.checkpoint import checkpoint_dirs
+
+    done = checkpoint_dirs(run_dir)
+    if not done:
+        raise UserError(
+            f"--resume {str(run_dir)!r}: no complete checkpoint under {run_dir}/checkpoints (one is written every "
+            "checkpoint.every steps); start a new run instead"
+        )
+    return done[-1]
+
+
+def train(
+    cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False
+) -> RunResult:
+    """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint."""
     from rlhf_dist.data import load_prompts
-    from rlhf_dist.metrics import MetricsLogger, summary_table
+    from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
     from rlhf_dist.models import load_tokenizer
 
-    run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    checkpoint = None
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        print(f"resuming {run_dir} from {checkpoint.name}")
+    else:
+        run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
@@ -83,13 +116,17 @@ def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = N
         with MetricsLogger(
             run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps
         ) as metrics:
-            driver = Driver(cfg, roles, prompt_set.prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address)
-            records = driver.run()
+            driver = Driver(
+                cfg, roles, prompt_set.prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir
+            )
+            start_step = driver.restore(checkpoint) if checkpoint is not None else 0
+            driver.run(start_step)
         final_dir = run_dir / "final" if cfg.checkpoint.save_final else None
         if final_dir is not None:
             gather([l.save_pretrained.remote(str(final_dir), tokenizer_path) for l in roles.learners], "learner (save)")
     finally:
         stop_roles(roles, started_ray)
+    records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
     print(summary_table(records))
     print(f"\noutputs: {run_dir}/ (config.yaml, metrics.jsonl, tensorboard/, samples.jsonl"
           + (", final/ = the trained policy in Hugging Face format)" if final_dir else ")"))

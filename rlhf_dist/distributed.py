@@ -44,7 +44,7 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
 
     opt = learner.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    optimizer = SkippingAdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
     ds_config = {
         "train_micro_batch_size_per_gpu": learner.micro_batch_size,
         "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * world_size),
@@ -57,7 +57,29 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     engine.eval()
+    from rlhf_dist.checkpoint import safe_checkpoint_engine
+
+    engine.checkpoint_engine = safe_checkpoint_engine()  # safetensors + JSON, never pickle
     return engine
+
+
+class SkippingAdamW(torch.optim.AdamW):
+    """AdamW that skips a step whose gradients hold NaN or inf, and says so in ``overflow``.
+
+    ZeRO stages 1-3 make this check themselves (all-reduced across ranks) before calling us; for
+    stage 0 DeepSpeed hands the all-reduced gradients straight here, so every rank decides alike.
+    DeepSpeed reads ``overflow`` to report ``engine.was_step_applied()``.
+    """
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not all(bool(torch.isfinite(g).all()) for g in grads)
+        if self.overflow:
+            return None
+        return super().step(closure)
 
 
 def with_lora(model: torch.nn.Module, lora, task_type: str) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -43,6 +44,18 @@ class ActorFailed(RuntimeError):
     """A remote call failed; the message names the role."""
 
 
+class ActorDied(ActorFailed):
+    """An actor's process died (as opposed to its method raising)."""
+
+    def __init__(self, role: str, message: str):
+        super().__init__(message)
+        self.role = role
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on; the message says why and how to continue (usually ``--resume``)."""
+
+
 @dataclass
 class Roles:
     """Actor handles per role, as built by `launch`."""
@@ -63,7 +76,7 @@ def gather(refs: list[Any], role: str) -> list[Any]:
     except ray.exceptions.RayTaskError as exc:
         raise ActorFailed(f"{role} failed: {exc.cause if exc.cause is not None else exc}") from exc
     except ray.exceptions.RayActorError as exc:
-        raise ActorFailed(f"{role} actor died: {exc}") from exc
+        raise ActorDied(role, f"{role} actor died: {exc}") from exc
 
 
 class Driver:
@@ -76,9 +89,11 @@ class Driver:
         probe_ids: list[int],
         metrics: MetricsLogger,
         sync_address: tuple[str, int],
+        run_dir: Path | None = None,
     ):
         self.cfg, self.roles, self.prompts, self.pad = cfg, roles, prompts, pad_token_id
         self.probe_ids, self.metrics, self.sync_address = probe_ids, metrics, sync_address
+        self.run_dir = run_dir
         self.sampler = PromptSampler(len(prompts), seed=cfg.seed, shuffle=cfg.data.shuffle)
         kl = cfg.algorithm.kl
         self.kl_ctl = AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
@@ -89,34 +104,46 @@ class Driver:
         self.timings: dict[str, float] = {}
         self.buckets: list = []
         self.records: list[dict[str, float]] = []
+        self.sync_generation = 0
+        self.counters = {"faults/actor_restarts": 0, "train/skipped_steps": 0}
+        self.nonfinite_in_a_row = 0
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self) -> list[dict[str, float]]:
+    def run(self, start_step: int = 0) -> list[dict[str, float]]:
+        """Steps ``start_step`` .. ``cfg.steps - 1``; after `restore`, start at the checkpoint's step."""
         self.setup_weight_sync()
-        for step in range(self.cfg.steps):
+        if start_step > 0:  # the generators hold the initial weights; send the restored ones
+            self.sync_weights(new_version=False)
+        for step in range(start_step, self.cfg.steps):
             self.records.append(self.step(step))
+            if self.checkpoint_due(step + 1):
+                self.save_checkpoint(step + 1)
         return self.records
 
     def step(self, step: int) -> dict[str, float]:
         self.timings = {}
         started = time.time()
+        indices = self.sampler.next_batch(self.cfg.rollout.prompts_per_step)
         with self.phase("generate"):
-            exp, texts = self.generate(step)
+            exp, texts = self.recovering(lambda: self.generate(step, indices))
         with self.phase("score"):
-            reward_stats = self.score(exp, texts)
+            reward_stats = self.recovering(lambda: self.score(exp, texts))
         with self.phase("reference"):
-            exp.ref_logprobs = self.reference(exp)
+            exp.ref_logprobs = self.recovering(lambda: self.reference(exp))
         with self.phase("values"):
-            exp.values = self.values(exp)
+            exp.values = self.learner_call(lambda: self.values(exp), step)
         with self.phase("advantages"):
             adv_stats = compute_advantages(exp, self.cfg.algorithm, self.kl_ctl.value, self.cfg.rollout.samples_per_prompt)
         with self.phase("train"):
-            train_stats = self.train(exp)
+            train_stats = self.learner_call(lambda: self.train(exp), step)
+        self.count_nonfinite(step, train_stats)
         with self.phase("sync"):
-            sync_stats = self.sync_weights()
+            sync_stats = self.recovering(lambda: self.learner_call(self.sync_weights, step))
         self.kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
         record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
+        record["data/prompts_consumed"] = self.sampler.consumed
+        record.update(self.counters)
         record["monitor/hacking_alarm"] = self.check_reward_hacking(step, record)
         self.metrics.log(step, {k: v for k, v in record.items() if k != "step"})
         self.ray_metrics.export(record)
@@ -131,10 +158,9 @@ class Driver:
 
     # -- phases ---------------------------------------------------------------------------------
 
-    def generate(self, step: int) -> tuple[Experience, dict[str, list[str]]]:
+    def generate(self, step: int, indices: list[int]) -> tuple[Experience, dict[str, list[str]]]:
         """Sample ``samples_per_prompt`` responses for each of this step's prompts."""
         rollout = self.cfg.rollout
-        indices = self.sampler.next_batch(rollout.prompts_per_step)
         requests = [
             Request(i, s, self.prompts[i].ids, request_seed(self.cfg.seed, step, i, s))
             for i in indices
@@ -209,15 +235,23 @@ class Driver:
         gather(calls, "weight sync setup")
         self.buckets = gather([self.roles.learners[0].weight_buckets.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
 
-    def sync_weights(self) -> dict[str, float]:
-        """Send the learner's weights to every generator; verify checksums and a probe."""
+    def sync_weights(self, new_version: bool = True) -> dict[str, float]:
+        """Send the learner's weights to every generator; verify checksums and a probe.
+
+        ``new_version=False`` re-sends the current weights (after a restart or a resume) without
+        bumping ``policy_version``.
+        """
         start = time.perf_counter()
         sends = [l.broadcast_weights.remote(self.buckets, self.probe_ids) for l in self.roles.learners]
         receives = [g.receive_weights.remote(self.buckets, self.probe_ids) for g in self.roles.rollout]
-        sent, learner_probe = gather(sends, "learner (weight sync)")[0]
+        try:
+            sent, learner_probe = gather(sends, "learner (weight sync)")[0]
+        except ActorFailed:
+            gather(receives, "rollout (weight sync)")  # a generator that died surfaces as ActorDied
+            raise
         received = gather(receives, "rollout (weight sync)")
         seconds = time.perf_counter() - start
-        self.policy_version += 1
+        self.policy_version += int(new_version)
         verify_checksums(sent, {f"rollout-{i}": sums for i, (sums, _) in enumerate(received)}, self.policy_version)
         want = torch.tensor(learner_probe)
         probe_diff = max(float((torch.tensor(probe) - want).abs().max()) for _, probe in received)
@@ -234,6 +268,141 @@ class Driver:
             "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9),
             "sync/probe_max_diff": probe_diff,
         }
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def recovering(self, work):
+        """Run one phase's remote work; if a rollout, reward or reference actor died, wait for Ray
+        to restart it, re-sync the generators' weights, and redo the phase.
+
+        Sampling is seeded per request and the step's prompts are drawn before the phase, so the
+        redone work is the work that was lost: nothing is skipped or counted twice.
+        """
+        limit = self.cfg.recovery.max_actor_restarts
+        for attempt in range(limit + 1):
+            try:
+                return work()
+            except ActorDied as exc:
+                if exc.role.startswith("learner") or attempt == limit:
+                    raise
+                log.warning("%s; waiting for Ray to restart it, then redoing the phase", exc)
+                self.counters["faults/actor_restarts"] += 1
+                self.after_restart()
+        raise AssertionError("unreachable")
+
+    def after_restart(self) -> None:
+        """Wait until every restartable actor answers, rebuild the sync group, re-send the weights."""
+        for role, actors in (("rollout", self.roles.rollout), ("reward scorer", self.roles.reward),
+                             ("reference", self.roles.reference)):
+            gather([a.ready.remote() for a in actors], role)
+        # The sync group has fixed membership: every member rebuilds it under a new generation.
+        self.sync_generation += 1
+        self.setup_weight_sync(self.sync_generation)
+        self.sync_weights(new_version=False)
+
+    def learner_call(self, work, step: int):
+        """Learner work: a dead learner ends the run, pointing at the checkpoint to resume from."""
+        try:
+            return work()
+        except ActorDied as exc:
+            if not exc.role.startswith("learner"):
+                raise
+            raise RunFailed(f"{exc}\nThe learner world cannot continue without it; the run stopped at step {step}. "
+                            + self.resume_hint()) from exc
+
+    def count_nonfinite(self, step: int, train_stats: dict[str, float]) -> None:
+        """A step whose loss was NaN/inf had its update skipped by the learners; count it, and stop
+        after ``recovery.max_nonfinite_steps`` in a row."""
+        bad = train_stats.get("train/nonfinite_loss", 0.0) > 0 or train_stats.get("train/skipped_updates", 0.0) > 0
+        if not bad:
+            self.nonfinite_in_a_row = 0
+            return
+        self.counters["train/skipped_steps"] += 1
+        self.nonfinite_in_a_row += 1
+        limit = self.cfg.recovery.max_nonfinite_steps
+        log.warning("step %d: the loss was NaN/inf; its update was skipped (%d in a row)", step, self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= limit:
+            raise RunFailed(
+                f"the loss was NaN or inf in {limit} steps in a row (steps {step - limit + 1}..{step}); each update "
+                "was skipped, so the policy is unchanged since. Check the rewards for huge or non-finite values, "
+                "lower learner.optimizer.lr, or raise recovery.max_nonfinite_steps. " + self.resume_hint()
+            )
+
+    def resume_hint(self) -> str:
+        from rlhf_dist.checkpoint import checkpoint_dirs
+
+        done = checkpoint_dirs(self.run_dir) if self.run_dir is not None else []
+        if not done:
+            return "No checkpoint was written yet (see checkpoint.every)."
+        return f"The last complete checkpoint is {done[-1]}; continue with: rlhf-dist train --resume {self.run_dir}"
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint_due(self, steps_done: int) -> bool:
+        every = self.cfg.checkpoint.every
+        return self.run_dir is not None and (steps_done == self.cfg.steps or (every > 0 and steps_done % every == 0))
+
+    def save_checkpoint(self, steps_done: int) -> Path:
+        """Write ``checkpoints/step-NNNNNN`` atomically; on failure the previous one stays as it was."""
+        from rlhf_dist.checkpoint import CheckpointError, commit_checkpoint, discard_staging, rng_state, save_tree, staging_dir, write_json
+
+        tmp = staging_dir(self.run_dir, steps_done)
+        try:
+            gather([l.save_checkpoint.remote(str(tmp)) for l in self.roles.learners], "learner (checkpoint)")
+            (tmp / "rng").mkdir(exist_ok=True)
+            save_tree(rng_state(), tmp / "rng" / "driver.safetensors")
+            others = [("rollout", self.roles.rollout), ("reward", self.roles.reward), ("reference", self.roles.reference)]
+            for role, actors in others:
+                for i, state in enumerate(gather([a.rng_state.remote() for a in actors], role)):
+                    save_tree(state, tmp / "rng" / f"{role}-{i}.safetensors")
+            write_json(tmp / "driver_state.json", self.state_dict(steps_done))
+        except (OSError, ActorFailed) as exc:
+            discard_staging(tmp)
+            raise CheckpointError(
+                f"writing the checkpoint after step {steps_done} failed ({exc}); nothing of it was kept. "
+                + self.resume_hint() + " Free disk space (or fix the cause) first."
+            ) from exc
+        return commit_checkpoint(tmp, self.cfg.checkpoint.keep_last)
+
+    def state_dict(self, steps_done: int) -> dict:
+        return {
+            "steps_done": steps_done,
+            "policy_version": self.policy_version,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "counters": dict(self.counters),
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "num_generators": len(self.roles.rollout),
+            "num_learners": len(self.roles.learners),
+        }
+
+    def restore(self, ckpt: Path) -> int:
+        """Load a checkpoint into the driver and every actor; returns the step to continue from."""
+        import json
+
+        from rlhf_dist.checkpoint import CheckpointError, load_tree, set_rng_state
+
+        state = json.loads((ckpt / "driver_state.json").read_text())
+        if state["num_learners"] != len(self.roles.learners):
+            raise CheckpointError(
+                f"{ckpt} was written by {state['num_learners']} learners, this run has {len(self.roles.learners)}; "
+                "resume with the same learner.num_workers (ZeRO partitions are per rank)"
+            )
+        gather([l.load_checkpoint.remote(str(ckpt)) for l in self.roles.learners], "learner (load checkpoint)")
+        set_rng_state(load_tree(ckpt / "rng" / "driver.safetensors"))
+        for role, actors in (("rollout", self.roles.rollout), ("reward", self.roles.reward), ("reference", self.roles.reference)):
+            for i, actor in enumerate(actors):
+                path = ckpt / "rng" / f"{role}-{i}.safetensors"
+                if path.exists():
+                    gather([actor.set_rng_state.remote(load_tree(path))], role)
+        self.policy_version = state["policy_version"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.counters.update(state["counters"])
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        return state["steps_done"]
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

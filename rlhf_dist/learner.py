@@ -127,6 +127,7 @@ class Learner:
         scale = float(self.world_size)
         stats: dict[str, list[float]] = {}
         size = self.cfg.learner.micro_batch_size
+        nonfinite = 0.0
         for start in range(0, mini.batch_size, size):
             mb = mini.select(slice(start, start + size))
             mask = mb.response_mask.to(self.device)
@@ -143,6 +144,7 @@ class Learner:
                 kl_loss = aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
                 loss = loss + kl_coef * kl_loss
                 step_stats["policy/kl_loss"] = float(kl_loss.detach())
+            nonfinite = max(nonfinite, float(not torch.isfinite(loss.detach()).item()))
             self.policy.backward(loss * scale, scale_wrt_gas=False)
             self.policy.step()
             if self.critic is not None:
@@ -151,6 +153,10 @@ class Learner:
                 stats.setdefault(k, []).append(v)
         grad_norm = self.policy.get_global_grad_norm()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
+        # A NaN/inf loss gives non-finite gradients, which DeepSpeed's overflow check (all-reduced
+        # over the ranks) turns into a skipped optimizer step on every rank alike.
+        out["train/nonfinite_loss"] = nonfinite
+        out["train/skipped_updates"] = float(not self.policy.was_step_applied())
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             out["policy/grad_norm"] = float(grad_norm)
         return out
@@ -167,6 +173,36 @@ class Learner:
         self.critic.step()
         return {"critic/value_loss": float(loss.detach()), **{f"critic/{k}": float(v) for k, v in vstats.items()}}
 
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """All ranks call this: DeepSpeed state (weights, optimizer, scheduler, counters) of the
+        policy and critic, each rank's partition in safetensors, plus this rank's RNG state."""
+        from rlhf_dist.checkpoint import rng_state, save_tree
+
+        root = Path(ckpt_dir)
+        for name, engine in self._engines():
+            engine.save_checkpoint(str(root / name), tag="state")
+        (root / "rng").mkdir(parents=True, exist_ok=True)
+        save_tree(rng_state(), root / "rng" / f"learner-{self.rank}.safetensors")
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        from rlhf_dist.checkpoint import CheckpointError, load_tree, set_rng_state
+
+        root = Path(ckpt_dir)
+        for name, engine in self._engines():
+            path, _ = engine.load_checkpoint(
+                str(root / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            if path is None:
+                raise CheckpointError(f"{root / name} holds no DeepSpeed state for the {name}; the checkpoint is incomplete")
+        set_rng_state(load_tree(root / "rng" / f"learner-{self.rank}.safetensors"))
+
+    def _engines(self):
+        yield "policy", self.policy
+        if self.critic is not None:
+            yield "critic", self.critic
+
     # -- weights out ----------------------------------------------------------------------------
 
     def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
@@ -176,7 +212,9 @@ class Learner:
     def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
         """Rank 0 joins the sync group as its rank 0; other ranks have nothing to join."""
         if self.rank == 0:
-            self._sync = SyncGroup(host, port, 0, world_size, "nccl" if self.backend == "nccl" else "gloo", generation)
+            # A rebuild (a generator was restarted) reuses the store server this rank already runs.
+            store = self._sync.base_store if self._sync is not None else None
+            self._sync = SyncGroup(host, port, 0, world_size, self.backend, generation, store=store)
         return True
 
     @torch.no_grad()

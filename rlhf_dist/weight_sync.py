@@ -143,11 +143,14 @@ class SyncGroup:
         backend: str = "gloo",
         generation: int = 0,
         timeout_s: float = 300.0,
+        store=None,
     ):
         import torch.distributed as dist
 
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        if store is None:
+            store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+        self.base_store = store
         store = dist.PrefixStore(f"rlhf-dist-sync-{generation}", store)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         if backend == "gloo":

@@ -190,6 +190,17 @@ class CheckpointConfig(Section):
     save_final: bool = True
 
 
+class RecoveryConfig(Section):
+    """What the driver does when an actor dies or a loss goes non-finite."""
+
+    max_actor_restarts: int = Field(
+        3, ge=0, description="restarts Ray gives each rollout / reward / reference actor; the step's work is redone"
+    )
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="stop after this many steps in a row whose loss was NaN/inf (each one is skipped)"
+    )
+
+
 class MonitorConfig(Section):
     """The reward-hacking alarm (rlhf_dist/monitor.py); active when a gold reward exists or a KL budget is set."""
 
@@ -214,4 +225,5 @@ class RunConfig(Section):
     placement: PlacementConfig = PlacementConfig()
     logging: LoggingConfig = LoggingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     monitor: MonitorConfig = MonitorConfig()
