@@ -72,11 +72,33 @@ class Roles:
 def gather(refs: list[Any], role: str) -> list[Any]:
     """``ray.get`` on a list, naming the role when a remote call raised."""
     try:
+        # Fail as soon as any call fails: the other calls may be waiting on the failed one (a
+        # collective with a dead rank) and would never return.
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         raise ActorFailed(f"{role} failed: {exc.cause if exc.cause is not None else exc}") from exc
     except ray.exceptions.RayActorError as exc:
         raise ActorDied(role, f"{role} actor died: {exc}") from exc
+
+
+def wait_until_alive(actor: Any, role: str, timeout_s: float = 600.0) -> None:
+    """Block until a restarting actor answers. While Ray restarts it, calls fail fast with
+    ``ActorUnavailableError``; once it is out of restarts they fail with ``ActorDiedError``."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            ray.get(actor.ready.remote())
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.time() > deadline:
+                raise ActorDied(role, f"{role} actor did not come back within {timeout_s:.0f}s of a restart") from None
+            time.sleep(0.5)
+        except ray.exceptions.RayActorError as exc:
+            raise ActorDied(role, f"{role} actor died and was not restarted: {exc}") from exc
 
 
 class Driver:
@@ -116,7 +138,10 @@ class Driver:
         if start_step > 0:  # the generators hold the initial weights; send the restored ones
             self.sync_weights(new_version=False)
         for step in range(start_step, self.cfg.steps):
-            self.records.append(self.step(step))
+            try:
+                self.records.append(self.step(step))
+            except ActorDied as exc:  # a learner, or an actor out of restarts
+                raise RunFailed(f"{exc}\nThe run stopped at step {step}. {self.resume_hint()}") from exc
             if self.checkpoint_due(step + 1):
                 self.save_checkpoint(step + 1)
         return self.records
@@ -294,7 +319,8 @@ class Driver:
         """Wait until every restartable actor answers, rebuild the sync group, re-send the weights."""
         for role, actors in (("rollout", self.roles.rollout), ("reward scorer", self.roles.reward),
                              ("reference", self.roles.reference)):
-            gather([a.ready.remote() for a in actors], role)
+            for actor in actors:
+                wait_until_alive(actor, role)
         # The sync group has fixed membership: every member rebuilds it under a new generation.
         self.sync_generation += 1
         self.setup_weight_sync(self.sync_generation)
@@ -353,7 +379,8 @@ class Driver:
             save_tree(rng_state(), tmp / "rng" / "driver.safetensors")
             others = [("rollout", self.roles.rollout), ("reward", self.roles.reward), ("reference", self.roles.reference)]
             for role, actors in others:
-                for i, state in enumerate(gather([a.rng_state.remote() for a in actors], role)):
+                states = self.recovering(lambda: gather([a.rng_state.remote() for a in actors], role))
+                for i, state in enumerate(states):
                     save_tree(state, tmp / "rng" / f"{role}-{i}.safetensors")
             write_json(tmp / "driver_state.json", self.state_dict(steps_done))
         except (OSError, ActorFailed) as exc:
