@@ -258,6 +258,26 @@ def discard_staging(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_checkpoint(run_dir: Path, steps_done: int, keep_last: int, write, failures=(OSError,)) -> Path:
+    """Stage a checkpoint with ``write(tmp_dir)``, then commit it (fsync + rename + prune).
+
+    If ``write`` raises one of ``failures`` (a full disk, a dead writer), the staging directory is
+    removed and `CheckpointError` says so; the checkpoints already committed are not touched.
+    """
+    tmp = staging_dir(run_dir, steps_done)
+    try:
+        write(tmp)
+        return commit_checkpoint(tmp, keep_last)
+    except failures as exc:
+        discard_staging(tmp)
+        done = checkpoint_dirs(run_dir)
+        kept = f"the last complete checkpoint, {done[-1]}, is intact" if done else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"writing the checkpoint after step {steps_done} failed ({exc}); the partial one was removed and "
+            f"{kept}. Free disk space (or fix the cause), then continue with: rlhf-dist train --resume {run_dir}"
+        ) from exc
+
+
 def write_json(path: Path, data) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)

@@ -370,10 +370,9 @@ class Driver:
 
     def save_checkpoint(self, steps_done: int) -> Path:
         """Write ``checkpoints/step-NNNNNN`` atomically; on failure the previous one stays as it was."""
-        from rlhf_dist.checkpoint import CheckpointError, commit_checkpoint, discard_staging, rng_state, save_tree, staging_dir, write_json
+        from rlhf_dist.checkpoint import rng_state, save_tree, write_checkpoint, write_json
 
-        tmp = staging_dir(self.run_dir, steps_done)
-        try:
+        def write(tmp: Path) -> None:
             gather([l.save_checkpoint.remote(str(tmp)) for l in self.roles.learners], "learner (checkpoint)")
             (tmp / "rng").mkdir(exist_ok=True)
             save_tree(rng_state(), tmp / "rng" / "driver.safetensors")
@@ -382,14 +381,9 @@ class Driver:
                 states = self.recovering(lambda: gather([a.rng_state.remote() for a in actors], role))
                 for i, state in enumerate(states):
                     save_tree(state, tmp / "rng" / f"{role}-{i}.safetensors")
-            write_json(tmp / "driver_state.json", self.state_dict(steps_done))
-        except (OSError, ActorFailed) as exc:
-            discard_staging(tmp)
-            raise CheckpointError(
-                f"writing the checkpoint after step {steps_done} failed ({exc}); nothing of it was kept. "
-                + self.resume_hint() + " Free disk space (or fix the cause) first."
-            ) from exc
-        return commit_checkpoint(tmp, self.cfg.checkpoint.keep_last)
+            write_json(tmp / "driver_state.json", self.state_dict(steps_done))  # last: marks it whole
+
+        return write_checkpoint(self.run_dir, steps_done, self.cfg.checkpoint.keep_last, write, (OSError, ActorFailed))
 
     def state_dict(self, steps_done: int) -> dict:
         return {

@@ -1,0 +1,132 @@
+"""Checkpoint files and directories: exact round trips, no unpickling, atomic commits, a full disk."""
+
+import errno
+import json
+import math
+
+import pytest
+import torch
+
+import rlhf_dist.checkpoint as ckpt
+from rlhf_dist.checkpoint import (
+    CheckpointError, checkpoint_dirs, load_tree, rng_state, save_tree, set_rng_state, write_checkpoint,
+)
+
+
+def test_tree_round_trip_keeps_types_values_and_shared_tensors(tmp_path):
+    shared = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    tree = {
+        "state": {0: {"exp_avg": shared, "step": torch.tensor(3.0)}, 1: {"exp_avg": shared}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95), "params": [0, 1]}],
+        "flags": {True: None, "inf": math.inf, "nan": math.nan},
+        "shape": torch.Size([2, 3]), "dtype": torch.bfloat16, "names": {"a", "b"},
+        "half": torch.ones(4, dtype=torch.float16),
+    }
+    path = tmp_path / "t.safetensors"
+    save_tree(tree, path)
+    back = load_tree(path)
+    assert back["state"][0]["step"].item() == 3.0 and 0 in back["state"]
+    assert torch.equal(back["state"][1]["exp_avg"], shared)
+    assert back["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert back["flags"][True] is None and back["flags"]["inf"] == math.inf and math.isnan(back["flags"]["nan"])
+    assert back["shape"] == torch.Size([2, 3]) and back["dtype"] is torch.bfloat16 and back["names"] == {"a", "b"}
+    assert back["half"].dtype == torch.float16
+
+
+def test_the_file_is_plain_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    save_tree({"w": torch.ones(3)}, tmp_path / "t.safetensors")
+    assert [torch.equal(v, torch.ones(3)) for v in load_file(tmp_path / "t.safetensors").values()] == [True]
+
+
+def test_unknown_objects_are_refused_when_saving(tmp_path):
+    class Custom:
+        pass
+
+    with pytest.raises(CheckpointError, match="cannot write a .*Custom"):
+        save_tree({"x": Custom()}, tmp_path / "t.safetensors")
+
+
+def test_a_file_naming_another_type_is_refused_not_instantiated(tmp_path):
+    from safetensors.torch import save_file
+
+    evil = {"__object__": "os.system", "state": {"__dict__": []}}
+    save_file({}, str(tmp_path / "evil.safetensors"), metadata={"rlhf_dist_tree": json.dumps(evil)})
+    with pytest.raises(CheckpointError, match="does not load"):
+        load_tree(tmp_path / "evil.safetensors")
+
+
+def test_a_damaged_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tree({"w": torch.ones(1000)}, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="not a readable rlhf-dist checkpoint"):
+        load_tree(path)
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    save_tree(rng_state(), tmp_path / "rng.safetensors")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_tree(tmp_path / "rng.safetensors"))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
+
+
+def _write(step_value):
+    def write(tmp):
+        save_tree({"w": torch.full((4,), float(step_value))}, tmp / "state.safetensors")
+        (tmp / "driver_state.json").write_text(json.dumps({"steps_done": step_value}))
+
+    return write
+
+
+def test_commits_are_atomic_and_only_the_last_n_are_kept(tmp_path):
+    for step in (2, 4, 6):
+        write_checkpoint(tmp_path, step, keep_last=2, write=_write(step))
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000004", "step-000006"]
+    (tmp_path / "checkpoints" / "step-000008.tmp").mkdir()  # a writer killed mid-way
+    assert checkpoint_dirs(tmp_path)[-1].name == "step-000006", "a staging dir is never a checkpoint"
+
+
+def test_running_out_of_disk_while_checkpointing_keeps_the_previous_one(tmp_path, monkeypatch):
+    write_checkpoint(tmp_path, 2, keep_last=1, write=_write(2))
+    good = checkpoint_dirs(tmp_path)[-1]
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:  # some bytes land, then the disk is full
+            f.write(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(CheckpointError) as failure:
+        write_checkpoint(tmp_path, 4, keep_last=1, write=_write(4))
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    message = str(failure.value)
+    assert "No space left on device" in message and str(good) in message and "--resume" in message
+    assert checkpoint_dirs(tmp_path) == [good]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp")), "the partial checkpoint must be removed"
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert load_tree(good / "state.safetensors")["w"].tolist() == [2.0] * 4
+
+
+def test_no_module_uses_torch_load_without_weights_only():
+    import pathlib
+    import re
+
+    root = pathlib.Path(ckpt.__file__).parents[1]
+    offenders = []
+    for path in [*root.glob("rlhf_dist/**/*.py"), *root.glob("actors/*.py"), *root.glob("launch/*.py")]:
+        for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+            if "weights_only=True" not in call:
+                offenders.append(f"{path.name}: {call}")
+    assert not offenders
