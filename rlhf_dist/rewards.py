@@ -319,7 +319,7 @@ def _as_scores(component: _Component, values: Any, batch_size: int) -> torch.Ten
     return scores
 
 
-def _build(index: int, spec: RewardComponent, timeout_s: float) -> _Component:
+def _build(index: int, spec: RewardComponent, cfg: RewardConfig) -> _Component:
     where = f"reward.components.{index}"
     if spec.type == "rule":
         if not spec.name:
@@ -339,7 +339,8 @@ def _build(index: int, spec: RewardComponent, timeout_s: float) -> _Component:
     if spec.type == "remote":
         if not spec.url:
             raise UserError(f"{where}: type 'remote' needs url (http://host:port/path)")
-        return _Component(spec.name or "remote", f"remote {spec.url}", RemoteReward(spec.url, timeout_s), spec.weight)
+        remote = RemoteReward(spec.url, cfg.timeout_s, cfg.retries, cfg.backoff_s, cfg.max_response_bytes)
+        return _Component(spec.name or "remote", f"remote {spec.url}", remote, spec.weight)
     raise UserError(f"{where}: unknown type {spec.type!r}; use rule, model, python or remote")
 
 
@@ -349,7 +350,7 @@ class CompositeReward:
     def __init__(self, cfg: RewardConfig) -> None:
         if not cfg.components:
             raise UserError("reward.components is empty; add at least one (type: rule|model|python|remote)")
-        self.components = [_build(i, spec, cfg.timeout_s) for i, spec in enumerate(cfg.components)]
+        self.components = [_build(i, spec, cfg) for i, spec in enumerate(cfg.components)]
         labels = [c.label for c in self.components]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:

@@ -207,6 +207,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"rewards": [1.0]}).encode()
         elif self.path == "/big":
             body = json.dumps({"rewards": [0.0] * 1000}).encode()
+        elif self.path == "/flaky" and self.hits[self.path] % 3 != 0:  # two 503s, then an answer
+            self.send_error(503, "busy")
+            return
+        elif self.path == "/flaky":
+            body = json.dumps({"rewards": [7.0] * len(request["responses"])}).encode()
         else:
             time.sleep(1.0)
             body = b"{}"
@@ -264,6 +269,17 @@ def test_remote_timeout_is_retried_then_reported(server):
     assert time.monotonic() - start < 1.5
     assert "/slow failed 2 time(s)" in str(info.value) and "timed out" in str(info.value)
     assert _Handler.hits["/slow"] == 2
+
+
+def test_remote_5xx_is_retried_with_the_configured_budget(server):
+    flaky = RewardComponent(type="remote", url=f"{server}/flaky")
+    start = time.monotonic()
+    result = RewardConfig(components=[flaky], retries=2, backoff_s=0.1)
+    assert CompositeReward(result).score(["p"], ["r"]).total.tolist() == [7.0]
+    assert time.monotonic() - start >= 0.1 + 0.2, "backoff 0.1 s, then 0.2 s"
+    assert _Handler.hits["/flaky"] == 3
+    with pytest.raises(RewardError, match="/flaky failed 2 time.*HTTP 503"):
+        CompositeReward(RewardConfig(components=[flaky], retries=1, backoff_s=0.0)).score(["p"], ["r"])
 
 
 def test_remote_connection_refused_is_reported():
