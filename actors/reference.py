@@ -16,9 +16,6 @@ class ReferenceActor(ComputeClock):
     def __init__(self, model_path: str, cfg: RunConfig):
         self.model = ReferenceModel(model_path, cfg)
 
-    def ready(self) -> bool:
-        return True
-
     @computing
     def logprobs(self, exp: Experience) -> torch.Tensor:
         return self.model.logprobs(exp)

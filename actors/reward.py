@@ -17,9 +17,6 @@ class RewardScorer(ComputeClock):
         torch.set_num_threads(1)
         self.reward = CompositeReward(cfg)
 
-    def ready(self) -> bool:
-        return True
-
     @computing
     def score(self, prompts: list[str], responses: list[str]) -> RewardResult:
         return self.reward.score(prompts, responses)

@@ -34,16 +34,22 @@ def write_hf_model(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     load_tokenizer(tokenizer_path).save_pretrained(tmp)
+    _publish(tmp, out_dir)
+    return out_dir
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """fsync the finished ``tmp`` and rename it to ``final``, replacing an older ``final``."""
     _fsync_tree(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
+    if final.exists():
+        old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out_dir)
-    return out_dir
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -239,16 +245,7 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 def commit_checkpoint(tmp: Path, keep_last: int) -> Path:
     """fsync ``tmp``, rename it to its final name, then delete all but the newest ``keep_last``."""
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
-    _fsync_tree(tmp)
-    if final.exists():  # a re-run of the same step after a resume: replace it atomically enough
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    _publish(tmp, final)  # replaces a same-step checkpoint when a resumed run re-writes it
     for stale in checkpoint_dirs(final.parent.parent)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
