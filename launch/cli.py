@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    args.debug = debug
     try:
         return args.handler(args) or 0
     except UserError as exc:
@@ -136,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     from rlhf_dist.config import load_config
 
     from launch.run import load_resume_config
-    from rlhf_dist.driver import RunFailed
+    from rlhf_dist.driver import ActorFailed, RunFailed
 
     progress = False if args.no_progress else None
     try:
@@ -154,7 +155,9 @@ def _train(args: argparse.Namespace) -> int:
         path, overrides = split_config_args(args.items)
         cfg = load_config(path, overrides)
         train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress)
-    except RunFailed as exc:
+    except (RunFailed, ActorFailed) as exc:
+        if args.debug:
+            raise
         print(f"rlhf-dist: run failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -156,3 +156,22 @@ def test_a_dead_learner_stops_the_run_cleanly_with_a_resumable_checkpoint(tmp_pa
     state = json.loads((latest / "driver_state.json").read_text())
     assert state["steps_done"] == int(latest.name[5:]) and state["policy_version"] == state["steps_done"]
     assert (latest / "policy" / "state" / "mp_rank_00_model_states.pt").exists()
+
+
+def test_a_raising_reward_function_is_one_clear_line_not_a_worker_traceback(tmp_path):
+    (tmp_path / "user_reward.py").write_text(
+        "def picky(prompts, responses):\n"
+        "    raise ValueError(f'cannot score {responses[0]!r}')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "launch", "train", "steps=2", "reward.components.0.type=python",
+         "reward.components.0.path=user_reward:picky", "reward.components.0.name=picky",
+         "--run-dir", str(tmp_path / "run"), "--no-progress"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("rlhf-dist: run failed: reward scorer failed:")
+    assert "'picky' (user_reward:picky)" in last and "ValueError: cannot score" in last
+    assert "Traceback" not in out.stderr.split("rlhf-dist: run failed")[-1]
