@@ -151,4 +151,31 @@ def _placement(cfg: RunConfig) -> list[str]:
             "placement.colocate=true shares GPUs between rollout and learner; set "
             "placement.rollout.num_gpus and placement.learner.num_gpus > 0, or colocate=false"
         )
+    if cfg.placement.colocate:
+        problems.extend(_colocation(cfg))
+    return problems
+
+
+def _colocation(cfg: RunConfig) -> list[str]:
+    """Colocated runs pair engine i with learner rank i on one GPU (rlhf_dist/placement.py)."""
+    place, problems = cfg.placement, []
+    if cfg.rollout.tensor_parallel_size != 1:
+        problems.append(
+            f"placement.colocate=true needs rollout.tensor_parallel_size=1 (got {cfg.rollout.tensor_parallel_size}): "
+            "each engine shares one GPU with one learner rank; use colocate=false for tensor-parallel engines"
+        )
+    elif cfg.learner.num_workers != cfg.rollout.num_workers * cfg.rollout.tensor_parallel_size:
+        problems.append(
+            f"placement.colocate=true pairs each vLLM engine with one learner rank on one GPU: learner.num_workers "
+            f"({cfg.learner.num_workers}) must equal rollout.num_workers x rollout.tensor_parallel_size "
+            f"({cfg.rollout.num_workers} x {cfg.rollout.tensor_parallel_size}); set rollout.num_workers="
+            f"{cfg.learner.num_workers}"
+        )
+    share = place.learner.num_gpus + place.rollout.num_gpus
+    if share > 1.0 + 1e-9:
+        problems.append(
+            f"placement.colocate=true: placement.learner.num_gpus + placement.rollout.num_gpus = "
+            f"{place.learner.num_gpus:g} + {place.rollout.num_gpus:g} = {share:g} shares of one GPU, more than 1; "
+            "use fractions such as 0.5 and 0.5"
+        )
     return problems
