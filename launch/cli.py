@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--small", action="store_true", help="a smaller, faster version (used by the tests)")
     demo.set_defaults(handler=_demo)
 
+    plan = commands.add_parser("plan", help="print where each role's actors would run (placement groups per node)")
+    plan.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    plan.add_argument(
+        "--address", default=None,
+        help="a head's dashboard URL (http://HEAD:8265): plan for its live nodes (default: this machine, no Ray)",
+    )
+    plan.add_argument("--nodes", default=None, metavar="NAME:CPUS:GPUS,...", help="plan for nodes written out, e.g. head:8:0,gpu1:32:8")
+    plan.set_defaults(handler=_plan)
+
     submit = commands.add_parser("submit", help="submit a training run to a Ray cluster as a Ray job")
     submit.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
     _address_args(submit)
@@ -200,6 +209,25 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"submitted job: {job_id}")
     print(f"dashboard: {args.address.rstrip('/')}/#/jobs/{job_id}")
     print(f"follow it: rlhf-dist logs {job_id} --address {args.address}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from launch import cluster
+    from rlhf_dist.config import load_config
+    from rlhf_dist.placement import plan_placement
+
+    path, overrides = split_config_args(args.items)
+    cfg = load_config(path, overrides)
+    if args.address and args.nodes:
+        raise UserError("give --address (a live cluster) or --nodes (written out), not both")
+    if args.nodes:
+        nodes, where = cluster.parse_nodes(args.nodes), "the nodes given"
+    elif args.address:
+        nodes, where = cluster.state_api_nodes(args.address), f"the cluster at {args.address}"
+    else:
+        nodes, where = cluster.local_nodes(cfg), "this machine (a local Ray)"
+    print(f"placement for {where}:\n{plan_placement(cfg, nodes).table()}")
     return 0
 
 

@@ -1,0 +1,92 @@
+"""Reading a cluster's nodes for the placement planner: a live Ray, a head's state API, this
+machine, or a written-out `--nodes` spec.
+
+Nodes are described by their total CPUs and GPUs (what Ray declares for them); a cluster busy with
+other work is caught when the placement groups do not become ready.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from rlhf_dist.config import RunConfig
+from rlhf_dist.errors import UserError
+from rlhf_dist.placement import NodeResources
+
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+def _node_name(node_id: str, ip: str, is_head: bool) -> str:
+    # Several raylets can share an IP (ray.cluster_utils.Cluster, or two nodes in one VM).
+    return "head" if is_head else f"{ip}/{node_id[:6]}"
+
+
+def live_nodes() -> list[NodeResources]:
+    """The alive nodes of the cluster this process is connected to (``ray.init`` done)."""
+    import ray
+
+    return [
+        NodeResources(
+            n["NodeID"],
+            float(n["Resources"].get("CPU", 0.0)),
+            float(n["Resources"].get("GPU", 0.0)),
+            _node_name(n["NodeID"], n.get("NodeManagerAddress", "?"), HEAD_RESOURCE in n["Resources"]),
+        )
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def state_api_nodes(address: str) -> list[NodeResources]:
+    """The alive nodes of the cluster whose dashboard is at ``address`` (http://HEAD:8265),
+    through Ray's state API, without joining the cluster."""
+    from ray.util.state import list_nodes
+
+    if not address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address!r} must be the dashboard URL, e.g. http://127.0.0.1:8265")
+    try:
+        states = list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=10_000, timeout=30)
+    except Exception as exc:  # Ray raises ConnectionError, RayStateApiException or others
+        raise UserError(
+            f"cannot read the nodes of the cluster at {address}: {exc}. Is a head running there, and is "
+            "the port its dashboard port (8265)?"
+        ) from None
+    return [
+        NodeResources(
+            s.node_id,
+            float(s.resources_total.get("CPU", 0.0)),
+            float(s.resources_total.get("GPU", 0.0)),
+            _node_name(s.node_id, s.node_ip, bool(s.is_head_node)),
+        )
+        for s in states
+    ]
+
+
+def local_nodes(cfg: RunConfig) -> list[NodeResources]:
+    """This machine as `rlhf-dist train` would declare it to a local Ray (launch.roles.start_ray)."""
+    import torch
+
+    from launch.run import required_cpus
+
+    cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))
+    return [NodeResources("local", float(cpus), float(torch.cuda.device_count()), "local")]
+
+
+def parse_nodes(spec: str) -> list[NodeResources]:
+    """``NAME:CPUS:GPUS[,NAME:CPUS:GPUS ...]`` (e.g. ``head:8:0,gpu1:32:8``) -> nodes, for dry runs."""
+    nodes = []
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        try:
+            name, cpus, gpus = parts[0], float(parts[1]), float(parts[2])
+            if len(parts) != 3 or not name or cpus < 0 or gpus < 0:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise UserError(
+                f"--nodes: cannot read {item!r}; write NAME:CPUS:GPUS per node, comma-separated, e.g. head:8:0,gpu1:32:8"
+            ) from None
+        nodes.append(NodeResources(name, cpus, gpus, name))
+    if len({n.name for n in nodes}) != len(nodes):
+        raise UserError(f"--nodes: node names must be distinct, got {spec!r}")
+    return nodes
