@@ -42,6 +42,12 @@ class ComputeClock:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (tests check it against the placement plan)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def rng_state(self) -> dict:
         """This actor's torch/numpy/python RNG states, for checkpoints."""
         from rlhf_dist.checkpoint import rng_state

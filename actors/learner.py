@@ -49,6 +49,10 @@ class Learner(ComputeClock):
     def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
         return self.core.weight_buckets(bucket_bytes)
 
+    def sync_backend(self) -> str:
+        """The weight-sync backend every member must use: this world's (nccl on GPU, gloo on CPU)."""
+        return self.core.backend
+
     def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
         return self.core.init_weight_sync(host, port, world_size, generation)
 

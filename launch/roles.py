@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import ray
+from ray.util.placement_group import NODE_ID_LABEL_KEY, PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.common import actor_env
 from actors.learner import Learner
@@ -14,8 +16,10 @@ from actors.rollout import RolloutWorker
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
 from rlhf_dist.driver import Roles, gather
+from rlhf_dist.placement import Plan, PlacementError, plan_placement
 
 NAMESPACE = "rlhf-dist"
+PLACEMENT_TIMEOUT_S = 120.0
 
 
 def start_ray(cfg: RunConfig) -> bool:
@@ -51,6 +55,8 @@ def stop_roles(roles: Roles | None, shutdown: bool) -> None:
     if roles is not None:
         for actor in roles.all():
             ray.kill(actor)
+        for group in roles.placement_groups:
+            remove_placement_group(group)
     if shutdown:
         ray.shutdown()
 
@@ -64,26 +70,81 @@ def _options(name: str, res: RoleResources, restarts: int = 0) -> dict:
     }
 
 
+def reserve(plan: Plan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> dict[str, PlacementGroup]:
+    """One placement group per planned group, each bundle pinned to the node the plan chose (a
+    node-id label selector), ready within ``timeout_s``; on failure none is left behind."""
+    groups = {
+        g.name: placement_group(
+            g.bundles, strategy=g.strategy, bundle_label_selector=[{NODE_ID_LABEL_KEY: node} for node in g.nodes]
+        )
+        for g in plan.groups
+        if g.bundles
+    }
+    refs = {name: pg.ready() for name, pg in groups.items()}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    if len(ready) < len(refs):
+        waiting = [name for name, ref in refs.items() if ref not in ready]
+        for pg in groups.values():
+            remove_placement_group(pg)
+        raise PlacementError(
+            f"Ray could not reserve the {', '.join(waiting)} placement group(s) within {timeout_s:.0f}s, though the "
+            "nodes' declared resources fit the plan: other work probably holds them (`ray status` shows what is "
+            "in use). Free them, or plan for less (`rlhf-dist plan` shows the plan)."
+        )
+    return groups
+
+
+def _slot(plan: Plan, groups: dict[str, PlacementGroup], role: str, index: int) -> dict:
+    """The scheduling option that starts actor ``role-index`` in its planned bundle."""
+    slot = plan.slot(role, index)
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(groups[slot.group], slot.bundle)}
+
+
 def build_roles(cfg: RunConfig, model_path: str) -> tuple[Roles, tuple[str, int]]:
-    """Start every actor, wait until all are up; returns the roles and the sync-group address."""
+    """Plan placement on the live cluster (`PlacementError` before any actor starts when it cannot
+    hold the run), reserve it, start every actor in its bundle and wait until all are up; returns
+    the roles and the sync-group address."""
+    from launch.cluster import live_nodes
+
+    plan = plan_placement(cfg, live_nodes())
+    groups = reserve(plan)
+    try:
+        roles, sync_address = _start_actors(cfg, model_path, plan, groups)
+    except BaseException:
+        for pg in groups.values():  # removing a group also kills the actors in it
+            remove_placement_group(pg)
+        raise
+    roles.placement_groups = list(groups.values())
+    return roles, sync_address
+
+
+def _start_actors(
+    cfg: RunConfig, model_path: str, plan: Plan, groups: dict[str, PlacementGroup]
+) -> tuple[Roles, tuple[str, int]]:
     place = cfg.placement
     seed = cfg.seed
     restarts = cfg.recovery.max_actor_restarts  # learners: 0, a DeepSpeed world cannot take a new rank
     rollout = [
-        RolloutWorker.options(**_options(f"rollout-{i}", place.rollout, restarts)).remote(model_path, cfg, seed + i)
+        RolloutWorker.options(
+            **_options(f"rollout-{i}", place.rollout, restarts), **_slot(plan, groups, "rollout", i)
+        ).remote(model_path, cfg, seed + i)
         for i in range(cfg.rollout.num_workers)
     ]
     reward = [
-        RewardScorer.options(**_options(f"reward-{i}", place.reward, restarts)).remote(cfg.reward)
+        RewardScorer.options(
+            **_options(f"reward-{i}", place.reward, restarts), **_slot(plan, groups, "reward", i)
+        ).remote(cfg.reward)
         for i in range(cfg.reward.num_workers)
     ]
     reference_path = cfg.reference.path or model_path
     reference = [
-        ReferenceActor.options(**_options(f"reference-{i}", place.reference, restarts)).remote(reference_path, cfg)
+        ReferenceActor.options(
+            **_options(f"reference-{i}", place.reference, restarts), **_slot(plan, groups, "reference", i)
+        ).remote(reference_path, cfg)
         for i in range(cfg.reference.num_workers)
     ]
     learners = [
-        Learner.options(**_options(f"learner-{i}", place.learner)).remote(i)
+        Learner.options(**_options(f"learner-{i}", place.learner), **_slot(plan, groups, "learner", i)).remote(i)
         for i in range(cfg.learner.num_workers)
     ]
     master_addr, master_port = gather([learners[0].rendezvous_address.remote()], "learner")[0]

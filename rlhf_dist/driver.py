@@ -13,7 +13,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class Roles:
     reward: list[Any]
     reference: list[Any]
     learners: list[Any]
+    placement_groups: list[Any] = field(default_factory=list)  # removed with the actors
 
     def all(self) -> list[Any]:
         return [*self.rollout, *self.reward, *self.reference, *self.learners]
@@ -251,7 +252,8 @@ class Driver:
         """Open the sync group (learner rank 0 + every generator) and plan the buckets."""
         host, port = self.sync_address
         world = 1 + len(self.roles.rollout) * self.cfg.rollout.tensor_parallel_size
-        backend = "nccl" if self.cfg.placement.rollout.num_gpus > 0 else "gloo"
+        # The learners' backend: nccl when they see a GPU. Declared GPUs (num_gpus) need not be real ones.
+        backend = gather([self.roles.learners[0].sync_backend.remote()], "learner")[0]
         calls = [self.roles.learners[0].init_weight_sync.remote(host, port, world, generation)]
         calls += [
             g.init_weight_sync.remote(host, port, 1 + i * self.cfg.rollout.tensor_parallel_size, world, backend, generation)
