@@ -23,6 +23,15 @@ class RolloutWorker(ComputeClock):
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
         return self.engine.generate(requests, sampling)
 
+    def sleep(self) -> bool:
+        """Colocated runs: free the engine's GPU memory while the learners train (no-op on CPU)."""
+        self.engine.sleep()
+        return True
+
+    def wake_up(self) -> bool:
+        self.engine.wake_up()
+        return True
+
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> bool:
         self.engine.init_weight_sync(host, port, rank_offset, world_size, backend, generation)
         return True

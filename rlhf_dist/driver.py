@@ -153,6 +153,7 @@ class Driver:
         indices = self.sampler.next_batch(self.cfg.rollout.prompts_per_step)
         with self.phase("generate"):
             exp, texts = self.recovering(lambda: self.generate(step, indices))
+            self.set_generators_awake(False)
         with self.phase("score"):
             reward_stats = self.recovering(lambda: self.score(exp, texts))
         with self.phase("reference"):
@@ -165,6 +166,7 @@ class Driver:
             train_stats = self.learner_call(lambda: self.train(exp), step)
         self.count_nonfinite(step, train_stats)
         with self.phase("sync"):
+            self.set_generators_awake(True)
             sync_stats = self.recovering(lambda: self.learner_call(self.sync_weights, step))
         self.kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
         record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
@@ -246,6 +248,16 @@ class Driver:
         stats["rollout/logprob_abs_diff_max"] = diff_max
         return stats
 
+    def set_generators_awake(self, awake: bool) -> None:
+        """Colocated runs (``placement.colocate``): the vLLM engines sleep after generating, freeing
+        the GPU memory the learners train in, and wake before the weight sync. No-op otherwise."""
+        if not self.cfg.placement.colocate:
+            return
+        if awake:
+            gather([g.wake_up.remote() for g in self.roles.rollout], "rollout (wake up)")
+        else:
+            gather([g.sleep.remote() for g in self.roles.rollout], "rollout (sleep)")
+
     # -- weight sync ----------------------------------------------------------------------------
 
     def setup_weight_sync(self, generation: int = 0) -> None:
@@ -325,6 +337,7 @@ class Driver:
                 wait_until_alive(actor, role)
         # The sync group has fixed membership: every member rebuilds it under a new generation.
         self.sync_generation += 1
+        self.set_generators_awake(True)  # the restarted one is awake, the others may sleep
         self.setup_weight_sync(self.sync_generation)
         self.sync_weights(new_version=False)
 

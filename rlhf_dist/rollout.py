@@ -51,6 +51,11 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        # Colocated with the learners, the engine frees its GPU memory while they train. Sleep
+        # mode is a GPU feature (on CPU vLLM accepts the calls and does nothing).
+        self.sleep_mode = cfg.placement.colocate and torch.cuda.is_available()
+        self.asleep = False
+        tp = cfg.rollout.tensor_parallel_size
         self.llm = LLM(
             model=model_path,
             dtype=cfg.model.dtype,
@@ -62,7 +67,24 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlhf_dist.weight_sync.VLLMWorkerExtension",
             trust_remote_code=cfg.model.trust_remote_code,
+            enable_sleep_mode=self.sleep_mode,
+            # The actor holds its engine's GPUs in one placement bundle (rlhf_dist/placement.py):
+            # tensor-parallel ranks are local processes, not Ray actors of their own.
+            **({"distributed_executor_backend": "mp"} if tp > 1 else {}),
         )
+
+    def sleep(self) -> None:
+        """Free GPU memory while colocated learners train: level 1 offloads the weights to CPU
+        memory and drops the KV cache. A no-op unless sleep mode is on (colocated, with CUDA)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back before the next weight sync; a no-op when not asleep."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
         from vllm import SamplingParams
@@ -124,6 +146,12 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
         self.batch_size = 64
         self._sync: SyncGroup | None = None
+
+    def sleep(self) -> None:
+        """No-op: transformers keeps no cache between calls; colocation is a vLLM feature."""
+
+    def wake_up(self) -> None:
+        """No-op, as `sleep`."""
 
     @torch.no_grad()
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
