@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +113,11 @@ def train(
     roles = None
     try:
         roles, sync_address = build_roles(cfg, model_path)
-        show_progress = cfg.logging.progress_bar if progress is None else progress
+        # A bar only on a terminal; otherwise (--no-progress, a Ray job's log) one line per step.
+        show_progress = (cfg.logging.progress_bar if progress is None else progress) and sys.stderr.isatty()
         with MetricsLogger(
-            run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps
+            run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps,
+            step_lines=not show_progress,
         ) as metrics:
             driver = Driver(
                 cfg, roles, prompt_set.prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir

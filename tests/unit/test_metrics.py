@@ -88,6 +88,19 @@ def test_progress_bar_shows_reward_gold_and_kl(tmp_path, capsys):
     assert "reward=0.125" in err and "gold=0.500" in err and "kl=0.010" in err and "3/4" in err
 
 
+def test_step_lines_when_there_is_no_bar(tmp_path, capsys):
+    """Without a bar (--no-progress, a Ray job's log) each step prints one compact line to stdout."""
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False, total_steps=20, step_lines=True) as logger:
+        logger.log(3, {"reward/mean": 0.4123, "reward/gold_mean": 0.38, "kl/mean": 0.1234,
+                       "rollout/logprob_abs_diff": 2.1e-7, "timing/step": 2.94})
+        logger.log(4, {"reward/mean": 0.5, "kl/mean": math.nan})  # missing and null values are left out
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["step 4/20  reward 0.412  gold 0.380  kl 0.123  mismatch 2e-07  2.9s", "step 5/20  reward 0.500"]
+    with MetricsLogger(tmp_path / "quiet", tensorboard=False, progress=False) as logger:
+        logger.log(0, {"reward/mean": 0.5})
+    assert capsys.readouterr().out == ""
+
+
 def test_log_samples_appends_rows_with_the_step(tmp_path):
     with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
         logger.log_samples(5, [{"prompt": "p", "response": "aa", "reward": torch.tensor(1.0)}])
