@@ -142,3 +142,16 @@ def test_table_names_every_bundle_node_and_actor():
     assert "learner  (PACK, 2 bundles, not colocated)" in table
     assert "bundle 1  {CPU: 1, GPU: 1}" in table and "learner-1 (CPU 1, GPU 1)" in table
     assert "node a" in table and "reward-0" in table
+
+
+def test_plan_command_prints_the_table_or_exits_2(capsys):
+    from launch.cli import main
+
+    assert main(["plan", "placement.learner.num_gpus=1", "--nodes", "head:4:0,gpu1:16:2"]) == 0
+    out = capsys.readouterr().out
+    assert "placement for the nodes given" in out and "learner-1 (CPU 0.5, GPU 1)" in out and "node gpu1" in out
+    assert main(["plan", "placement.learner.num_gpus=1", "--nodes", "head:8:1"]) == 2
+    err = capsys.readouterr().err
+    assert "placement impossible: the learner needs 2 bundles" in err and "Traceback" not in err
+    assert main(["plan", "--nodes", "head:8"]) == 2
+    assert "write NAME:CPUS:GPUS per node" in capsys.readouterr().err
