@@ -13,7 +13,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from actors.common import actor_env
-from launch.cluster import live_nodes
+from launch.cluster import live_nodes, state_api_nodes
 from launch.roles import NAMESPACE, build_roles, stop_roles
 from launch.run import train
 from rlhf_dist.config import load_config
@@ -33,10 +33,10 @@ def cluster():
     c.add_node(num_cpus=2, num_gpus=2, resources={"learners": 1})
     c.add_node(num_cpus=2, num_gpus=1, resources={"generators": 1})
     c.wait_for_nodes()
-    ray.init(address=c.address, namespace=NAMESPACE, runtime_env={"env_vars": actor_env()})
+    context = ray.init(address=c.address, namespace=NAMESPACE, runtime_env={"env_vars": actor_env()})
     by_resource = {key: n["NodeID"] for n in ray.nodes() for key in ("learners", "generators") if key in n["Resources"]}
     try:
-        yield c, by_resource
+        yield c, by_resource | {"dashboard": f"http://{context.dashboard_url}"}
     finally:
         ray.shutdown()
         c.shutdown()
@@ -48,6 +48,8 @@ def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path):
     plan = plan_placement(cfg, live_nodes())
     assert plan.group("learner").nodes == [node["learners"]] * 2
     assert plan.group("rollout").nodes == [node["generators"]]
+    # `rlhf-dist plan --address` reads the same nodes through the head's state API.
+    assert {n.node_id: n for n in state_api_nodes(node["dashboard"])} == {n.node_id: n for n in live_nodes()}
 
     from rlhf_dist.tiny import make_tiny
 
