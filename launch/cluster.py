@@ -48,8 +48,9 @@ def state_api_nodes(address: str) -> list[NodeResources]:
     try:
         states = list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=10_000, timeout=30)
     except Exception as exc:  # Ray raises ConnectionError, RayStateApiException or others
+        reason = str(exc).split(". ")[0]  # Ray's messages run on for several sentences
         raise UserError(
-            f"cannot read the nodes of the cluster at {address}: {exc}. Is a head running there, and is "
+            f"cannot read the nodes of the cluster at {address} ({reason}). Is a head running there, and is "
             "the port its dashboard port (8265)?"
         ) from None
     return [
