@@ -6,7 +6,6 @@ put each actor where the plan says, and the plan must send the learners to the 2
 generator to the 1-GPU node.
 """
 
-import os
 
 import pytest
 import ray
