@@ -144,7 +144,10 @@ class Driver:
             except ActorDied as exc:  # a learner, or an actor out of restarts
                 raise RunFailed(f"{exc}\nThe run stopped at step {step}. {self.resume_hint()}") from exc
             if self.checkpoint_due(step + 1):
-                self.save_checkpoint(step + 1)
+                started = time.perf_counter()
+                path = self.save_checkpoint(step + 1)
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                self.metrics.note(f"checkpoint {path} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.2f} s)")
         return self.records
 
     def step(self, step: int) -> dict[str, float]:

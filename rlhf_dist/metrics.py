@@ -130,6 +130,13 @@ class MetricsLogger:
         if self._step_lines:
             print(step_line(step, record, self._total), flush=True)
 
+    def note(self, text: str) -> None:
+        """One line for the user (a checkpoint written, ...), printed without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Append completions (``{"prompt": ..., "response": ..., "reward": ...}``) for ``step``."""
         if self._samples is None:

@@ -157,3 +157,9 @@ def test_ray_metric_names_follow_the_contract():
     assert ray_metric_name("timing/generate") == "rlhf_timing_generate"
     assert ray_metric_name("throughput/tokens_per_s") == "rlhf_throughput_tokens_per_s"
     assert ray_metric_name("reward/gold-mean.x") == "rlhf_reward_gold_mean_x"
+
+
+def test_note_prints_one_line_without_a_bar(tmp_path, capsys):
+    with MetricsLogger(tmp_path, tensorboard=False, progress=False) as logger:
+        logger.note("checkpoint written")
+    assert capsys.readouterr().out == "checkpoint written\n"
