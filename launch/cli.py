@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None,
         help="a head's dashboard URL (http://HEAD:8265): plan for its live nodes (default: this machine, no Ray)",
     )
+    plan.add_argument("--token", default=None, help="Ray auth token for --address (default: $RAY_AUTH_TOKEN, ~/.ray/auth_token)")
     plan.add_argument("--nodes", default=None, metavar="NAME:CPUS:GPUS,...", help="plan for nodes written out, e.g. head:8:0,gpu1:32:8")
     plan.set_defaults(handler=_plan)
 
@@ -224,7 +225,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.nodes:
         nodes, where = cluster.parse_nodes(args.nodes), "the nodes given"
     elif args.address:
-        nodes, where = cluster.state_api_nodes(args.address), f"the cluster at {args.address}"
+        nodes, where = cluster.state_api_nodes(args.address, args.token), f"the cluster at {args.address}"
     else:
         nodes, where = cluster.local_nodes(cfg), "this machine (a local Ray)"
     print(f"placement for {where}:\n{plan_placement(cfg, nodes).table()}")

@@ -38,15 +38,20 @@ def live_nodes() -> list[NodeResources]:
     ]
 
 
-def state_api_nodes(address: str) -> list[NodeResources]:
+def state_api_nodes(address: str, token: str | None = None) -> list[NodeResources]:
     """The alive nodes of the cluster whose dashboard is at ``address`` (http://HEAD:8265),
-    through Ray's state API, without joining the cluster."""
-    from ray.util.state import list_nodes
+    through Ray's state API, without joining the cluster (auth token as for `submit`)."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    from launch.jobs import auth_headers
 
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address!r} must be the dashboard URL, e.g. http://127.0.0.1:8265")
     try:
-        states = list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=10_000, timeout=30)
+        client = StateApiClient(address=address, headers={"Content-Type": "application/json", **(auth_headers(token) or {})})
+        options = ListApiOptions(limit=10_000, timeout=30, filters=[("state", "=", "ALIVE")])
+        states = client.list(StateResource.NODES, options=options, raise_on_missing_output=False)
     except Exception as exc:  # Ray raises ConnectionError, RayStateApiException or others
         reason = str(exc).split(". ")[0]  # Ray's messages run on for several sentences
         raise UserError(

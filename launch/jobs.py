@@ -27,15 +27,20 @@ def job_client(address: str, token: str | None = None):
 
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address!r} must be the dashboard URL, e.g. http://127.0.0.1:8265")
-    token = token or os.environ.get("RAY_AUTH_TOKEN") or _token_file()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address, headers=headers)
+        return JobSubmissionClient(address, headers=auth_headers(token))
     except Exception as exc:  # Ray raises ConnectionError or RuntimeError depending on the failure
         raise UserError(
             f"cannot reach the Ray Jobs API at {address}: {exc}. Is a head running there "
             "(`ray start --head --dashboard-host=127.0.0.1`), and is the port its dashboard port (8265)?"
         ) from None
+
+
+def auth_headers(token: str | None = None) -> dict[str, str] | None:
+    """The Bearer header for a head with token auth: --token, $RAY_AUTH_TOKEN or Ray's token file.
+    (A head without auth ignores it.)"""
+    token = token or os.environ.get("RAY_AUTH_TOKEN") or _token_file()
+    return {"Authorization": f"Bearer {token}"} if token else None
 
 
 def _token_file() -> str | None:

@@ -52,6 +52,7 @@ def test_submit_runs_to_success_with_logs_and_metrics(head):
     logs = cli("logs", job_id, "--address", address, env=env).stdout
     assert state == "SUCCEEDED", logs[-3000:]
     assert "gold reward" in logs and "outputs:" in logs
+    assert "step 3/3  reward" in logs, "the job's logs show one progress line per step"
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=10).read().decode()
     for name in ("rlhf_reward_mean", "rlhf_reward_gold_mean", "rlhf_kl_mean", "rlhf_rollout_logprob_abs_diff",
@@ -68,3 +69,12 @@ def test_bad_config_and_unreachable_head_fail_before_submission(head):
     assert out.returncode == 2 and "no job 'raysubmit_nope'" in out.stderr
     out = cli("status", "raysubmit_x", "--address", "127.0.0.1:8265", env=head["env"])
     assert out.returncode == 2 and "must be the dashboard URL" in out.stderr
+
+
+def test_plan_reads_the_heads_nodes(head):
+    out = cli("plan", "--address", head["address"], env=head["env"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"the cluster at {head['address']}" in out.stdout and "learner-1" in out.stdout
+    assert "/4  GPU 0/0" in out.stdout.split("nodes")[-1], "the head declares 4 CPUs and no GPU"
+    out = cli("plan", "placement.learner.num_gpus=1", "--address", head["address"], env=head["env"])
+    assert out.returncode == 2 and "placement impossible" in out.stderr and "0 GPU in total" in out.stderr
