@@ -147,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
     from rlhf_dist.config import load_config
 
     from launch.run import load_resume_config
-    from rlhf_dist.driver import ActorFailed, RunFailed
+    from rlhf_dist.remote import ActorFailed, RunFailed
 
     progress = False if args.no_progress else None
     try:

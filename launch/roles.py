@@ -15,7 +15,7 @@ from actors.reward import RewardScorer
 from actors.rollout import RolloutWorker
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
-from rlhf_dist.driver import Roles, gather
+from rlhf_dist.remote import Roles, gather
 from rlhf_dist.placement import Plan, PlacementError, plan_placement
 
 NAMESPACE = "rlhf-dist"

@@ -107,7 +107,8 @@ def train(
     probe_ids = tokenizer(PROBE_TEXT).input_ids
 
     from launch.roles import build_roles, start_ray, stop_roles
-    from rlhf_dist.driver import Driver, gather
+    from rlhf_dist.driver import Driver
+    from rlhf_dist.remote import gather
 
     started_ray = start_ray(cfg)
     roles = None

@@ -19,7 +19,7 @@ import ray
 from rlhf_dist.calibration import expected_calibration_error, fit_temperature
 from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.driver import gather
+from rlhf_dist.remote import gather
 from rlhf_dist.errors import UserError
 from rlhf_dist.stage_data import Examples, preference_examples, read_rows, sft_examples
 

@@ -111,6 +111,13 @@ class Experience:
         updates["reward_components"] = {k: v[index] for k, v in self.reward_components.items()}
         return dataclasses.replace(self, **updates)
 
+    def shards(self, sizes: list[int]) -> list[Experience]:
+        """Contiguous shards of the given sizes (summing to the batch), e.g. uneven per worker."""
+        if sum(sizes) != self.batch_size or min(sizes, default=0) < 0:
+            raise ExperienceShapeError(f"shard sizes {sizes} do not add up to the batch of {self.batch_size}")
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [self.select(slice(a, a + n)) for a, n in zip(starts, sizes)]
+
     def split(self, n: int) -> list[Experience]:
         """Split into ``n`` contiguous shards of equal size, e.g. one per learner rank."""
         if n < 1 or self.batch_size % n:
@@ -167,3 +174,19 @@ def _pad_to(x: torch.Tensor, length: int, left: bool) -> torch.Tensor:
         return x
     pad = torch.zeros(*x.shape[:-1], missing, dtype=x.dtype, device=x.device)
     return torch.cat([pad, x] if left else [x, pad], dim=-1)
+
+
+@dataclass
+class StepBatch:
+    """One step's batch as the driver holds it: the tensors that travel to the actors, plus the
+    texts and the dataset row columns that only the reward scorer, the logs and eval read."""
+
+    exp: Experience
+    prompts: list[str]  # (B,) the rendered prompt text of each sequence
+    responses: list[str]  # (B,) the decoded response text
+    columns: dict[str, list] = field(default_factory=dict)  # row column name -> (B,) values
+
+    def rows(self, start: int, stop: int) -> tuple[list[str], list[str], dict[str, list]]:
+        """Prompts, responses and columns of sequences ``start .. stop - 1`` (a scorer's shard)."""
+        return (self.prompts[start:stop], self.responses[start:stop],
+                {name: values[start:stop] for name, values in self.columns.items()})

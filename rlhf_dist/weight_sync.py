@@ -1,6 +1,7 @@
 """Weight sync: the learner's rank 0 broadcasts the policy to every generator, then both sides prove it.
 
-A `SyncGroup` is a process group of its own (rank 0 = learner rank 0, ranks 1.. = generator
+The driver holds a `WeightSync` (below): it opens the group, pushes each new policy version and
+verifies it. A `SyncGroup` is a process group of its own (rank 0 = learner rank 0, ranks 1.. = generator
 processes), built from a TCPStore so that it can span processes that share no default group; it
 lives beside the learners' DeepSpeed world. Gloo on CPU, NCCL on GPU.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,6 +204,88 @@ def verify_checksums(sent: list[int], received: dict[str, list[int]], version: i
                 f"weight sync to policy_version {version} failed on {who}: {detail}. The generator "
                 "would sample from stale or corrupt weights; stopping the run"
             )
+
+
+class WeightSync:
+    """The driver's side of weight sync: opens the group, moves the learner's weights to every
+    generator, and proves they arrived.
+
+    The transfer goes through the actors' ``init_weight_sync`` / ``broadcast_weights`` /
+    ``receive_weights`` methods over one collective transport for the whole group: ``gloo`` on
+    CPU, ``nccl`` when the learners see a GPU (whatever the plan declared).
+    """
+
+    def __init__(self, learners: list, generators: list, address: tuple[str, int], probe_ids: list[int],
+                 tensor_parallel_size: int = 1, dtype: str = "float32"):
+        self.learners, self.generators, self.address = learners, generators, address
+        self.probe_ids, self.tensor_parallel_size = probe_ids, tensor_parallel_size
+        # fp32 engines agree to rounding; half precision reorders sums (CONTRACTS: stated looser).
+        self.tolerance = 1e-4 if dtype == "float32" else 2e-2
+        self.generation = 0
+        self.buckets: list[Bucket] = []
+        self.transport = "gloo"
+
+    def open(self, generation: int = 0) -> None:
+        """Open the group (learner rank 0 + every generator process) and plan the buckets. A new
+        ``generation`` rebuilds it after a member restarted (fixed membership: everyone rejoins)."""
+        from rlhf_dist.remote import gather
+
+        host, port = self.address
+        tp = self.tensor_parallel_size
+        world = 1 + len(self.generators) * tp
+        self.generation = generation
+        self.transport = gather([self.learners[0].sync_backend.remote()], "learner")[0]
+        calls = [self.learners[0].init_weight_sync.remote(host, port, world, generation)]
+        calls += [
+            g.init_weight_sync.remote(host, port, 1 + i * tp, world, self.transport, generation)
+            for i, g in enumerate(self.generators)
+        ]
+        gather(calls, "weight sync setup")
+        self.buckets = gather([self.learners[0].weight_buckets.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
+
+    def reopen(self) -> None:
+        self.open(self.generation + 1)
+
+    def push(self, version: int) -> dict[str, float]:
+        """Send the learner's weights, as policy ``version``, to every generator; verify checksums
+        and the probe. Raises `WeightSyncError` when a generator does not hold what was sent.
+        (A re-send after a restart or a resume passes the version the generators held.)
+        """
+        from rlhf_dist.remote import ActorFailed, gather
+
+        start = time.perf_counter()
+        sends = [l.broadcast_weights.remote(self.buckets, self.probe_ids) for l in self.learners]
+        receives = [g.receive_weights.remote(self.buckets, self.probe_ids) for g in self.generators]
+        try:
+            sent, learner_probe = gather(sends, "learner (weight sync)")[0]
+        except ActorFailed:
+            gather(receives, "rollout (weight sync)")  # a generator that died surfaces as ActorDied
+            raise
+        received = gather(receives, "rollout (weight sync)")
+        seconds = time.perf_counter() - start
+        verify_checksums(sent, {f"rollout-{i}": sums for i, (sums, _) in enumerate(received)}, version)
+        probe_diff = verify_probe(learner_probe, [probe for _, probe in received], self.tolerance, version)
+        nbytes = sum(b.nbytes for b in self.buckets)
+        return {
+            "sync/verified": 1.0,
+            "sync/seconds": seconds,
+            "sync/bytes": float(nbytes),
+            "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9),
+            "sync/probe_max_diff": probe_diff,
+        }
+
+
+def verify_probe(learner: list[float], generators: list[list[float]], tolerance: float, version: int) -> float:
+    """The largest gap between any generator's probe log-probs and the learner's; raise
+    `WeightSyncError` past ``tolerance`` (the engine did not load what it received)."""
+    want = torch.tensor(learner)
+    diff = max(float((torch.tensor(probe) - want).abs().max()) for probe in generators)
+    if diff > tolerance:
+        raise WeightSyncError(
+            f"after sync {version}, generator log-probs on the probe differ from the "
+            f"learner's by {diff:.2e} (> {tolerance:g}); the engine did not load what was sent"
+        )
+    return diff
 
 
 class VLLMWorkerExtension:

@@ -21,7 +21,7 @@ import pytest
 from launch.run import train
 from rlhf_dist.checkpoint import checkpoint_dirs
 from rlhf_dist.config import load_config
-from rlhf_dist.driver import RunFailed
+from rlhf_dist.remote import RunFailed
 from rlhf_dist.metrics import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ from launch.roles import build_roles, stop_roles
 from launch.run import PROBE_TEXT
 from rlhf_dist.config import load_config
 from rlhf_dist.data import load_prompts
-from rlhf_dist.driver import Driver, RunFailed
+from rlhf_dist.driver import Driver
+from rlhf_dist.remote import RunFailed
 from rlhf_dist.metrics import MetricsLogger
 from rlhf_dist.models import load_tokenizer
 from rlhf_dist.tiny import make_tiny
@@ -58,7 +59,7 @@ def test_nan_loss_skips_the_update_counts_it_and_stops_after_k_in_a_row(cluster,
         with MetricsLogger(tmp_path / "run", tensorboard=False, progress=False) as metrics:
             driver = Driver(cfg, roles, prompts, tokenizer.pad_token_id, tokenizer(PROBE_TEXT).input_ids,
                             metrics, sync_address, tmp_path / "run")
-            driver.setup_weight_sync()
+            driver.sync.open()
             records, weights = [], [_weights(driver)]
             for step in range(5):
                 current_step[0] = step

@@ -43,7 +43,7 @@ def test_ppo_zero3_step_after_restore_equals_the_original(cluster, tmp_path):
         with MetricsLogger(run_dir, tensorboard=False, progress=False) as metrics:
             driver = Driver(cfg, roles, prompts, tokenizer.pad_token_id, tokenizer(PROBE_TEXT).input_ids,
                             metrics, sync_address, run_dir)
-            driver.setup_weight_sync()
+            driver.sync.open()
             for step in range(2):
                 driver.step(step)
             saved = driver.save_checkpoint(2)
@@ -53,7 +53,7 @@ def test_ppo_zero3_step_after_restore_equals_the_original(cluster, tmp_path):
 
             assert driver.restore(saved) == 2
             assert driver.policy_version == 2
-            driver.sync_weights(new_version=False)
+            driver.sync.push(driver.policy_version)
             again = driver.step(2)
         assert checkpoint_dirs(run_dir) == [saved]
         same = {k: v for k, v in original.items() if not k.startswith(VOLATILE)}

@@ -40,32 +40,32 @@ def _driver(cfg, model_path, run_dir):
     roles, sync_address = build_roles(cfg, model_path)
     metrics = MetricsLogger(run_dir, tensorboard=False, progress=False)
     driver = Driver(cfg, roles, prompts, tokenizer.pad_token_id, tokenizer(PROBE_TEXT).input_ids, metrics, sync_address)
-    driver.setup_weight_sync()
+    driver.sync.open()
     return driver, metrics
 
 
 def _expected_checksums(driver):
     """Checksums of the learner's full (gathered, merged) weights, computed here in the test."""
     state = ray.get([l.full_state_dict.remote() for l in driver.roles.learners])[0]
-    return state, [checksum(flatten_bucket([state[m.name] for m in b.tensors])) for b in driver.buckets]
+    return state, [checksum(flatten_bucket([state[m.name] for m in b.tensors])) for b in driver.sync.buckets]
 
 
 def _sync_and_check(driver):
     """Train one step (it ends with a verified sync), then re-sync and compare bit for bit."""
     roles = driver.roles
-    before = ray.get(roles.rollout[0].probe_logprobs.remote(driver.probe_ids))
+    before = ray.get(roles.rollout[0].probe_logprobs.remote(driver.sync.probe_ids))
     record = driver.step(0)
     assert driver.policy_version == 1 and record["sync/verified"] == 1.0
-    after = ray.get(roles.rollout[0].probe_logprobs.remote(driver.probe_ids))
+    after = ray.get(roles.rollout[0].probe_logprobs.remote(driver.sync.probe_ids))
     assert max(abs(a - b) for a, b in zip(before, after)) > 1e-6, "training did not change the weights"
-    learner = ray.get([l.probe_logprobs.remote(driver.probe_ids) for l in roles.learners])[0]
+    learner = ray.get([l.probe_logprobs.remote(driver.sync.probe_ids) for l in roles.learners])[0]
     for generator in roles.rollout:
-        got = ray.get(generator.probe_logprobs.remote(driver.probe_ids))
+        got = ray.get(generator.probe_logprobs.remote(driver.sync.probe_ids))
         torch.testing.assert_close(torch.tensor(got), torch.tensor(learner), atol=1e-4, rtol=0)
 
     state, expected = _expected_checksums(driver)
-    sends = [l.broadcast_weights.remote(driver.buckets, driver.probe_ids) for l in roles.learners]
-    receives = [g.receive_weights.remote(driver.buckets, driver.probe_ids) for g in roles.rollout]
+    sends = [l.broadcast_weights.remote(driver.sync.buckets, driver.sync.probe_ids) for l in roles.learners]
+    receives = [g.receive_weights.remote(driver.sync.buckets, driver.sync.probe_ids) for g in roles.rollout]
     assert ray.get(sends)[0][0] == expected
     assert [sums for sums, _ in ray.get(receives)] == [expected] * len(roles.rollout)
     return state

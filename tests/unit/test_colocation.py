@@ -29,24 +29,21 @@ def fake_driver(overrides, calls, monkeypatch):
     d = Driver.__new__(Driver)
     d.cfg = load_config(None, overrides)
     d.roles = SimpleNamespace(rollout=[Generator("g0", calls), Generator("g1", calls)])
-    d.timings, d.counters = {}, {}
-    d.sampler = SimpleNamespace(next_batch=lambda n: list(range(n)), consumed=0)
-    d.kl_ctl = SimpleNamespace(value=0.1, update=lambda *a: None)
-    exp = SimpleNamespace(batch_size=4)
+    d.timings = {}
+    d.state = SimpleNamespace(sampler=SimpleNamespace(next_batch=lambda n: list(range(n)), consumed=0),
+                              kl_ctl=SimpleNamespace(value=0.1, update=lambda *a: None))
+    batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4))
     d.recovering = lambda work: work()
     d.learner_call = lambda work, step: work()
-    d.generate = lambda step, indices: calls.append("generate") or (exp, {})
-    d.score = lambda exp, texts: calls.append("score") or {}
+    d.generate = lambda step, indices: calls.append("generate") or batch
+    d.score = lambda batch: calls.append("score") or {}
     d.reference = lambda exp: calls.append("reference")
     d.values = lambda exp: calls.append("values")
     d.train = lambda exp: calls.append("train") or {}
     d.sync_weights = lambda: calls.append("sync") or {}
     d.count_nonfinite = lambda step, stats: None
     d.step_metrics = lambda *a: {"reward/mean": 0.0, "kl/mean": 0.0}
-    d.check_reward_hacking = lambda step, record: 0.0
-    d.metrics = SimpleNamespace(log=lambda step, record: None)
-    d.ray_metrics = SimpleNamespace(export=lambda record: None)
-    d.log_samples = lambda *a: None
+    d.finish_step = lambda *a: None
     return d
 
 

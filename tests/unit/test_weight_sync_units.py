@@ -67,3 +67,12 @@ def test_processed_logprobs_temperature_and_truncation():
     assert torch.isinf(top2[0, 2:]).all() and top2[0, :2].exp().sum().item() == pytest.approx(1.0)
     nucleus = _processed_logprobs(logits, SamplingConfig(temperature=1.0, top_p=0.5))
     assert torch.isfinite(nucleus[0, 0]) and torch.isinf(nucleus[0, 1:]).all()  # p(top) = 0.64 >= 0.5
+
+
+def test_probe_check_passes_within_tolerance_and_names_the_gap_past_it():
+    from rlhf_dist.weight_sync import verify_probe
+
+    learner = [-1.0, -2.0, -0.5]
+    assert verify_probe(learner, [[-1.0, -2.00005, -0.5], learner], 1e-4, 3) == pytest.approx(5e-5, abs=1e-6)
+    with pytest.raises(WeightSyncError, match=r"after sync 3, .* differ .* by 1\.00e-02"):
+        verify_probe(learner, [learner, [-1.01, -2.0, -0.5]], 1e-4, 3)
