@@ -43,12 +43,27 @@ class DataConfig(Section):
 
     prompts: str = Field(
         "builtin:letters",
-        description="JSONL/Parquet path, a `datasets` directory, or builtin:<task> for a synthetic task",
+        description="a .jsonl or .parquet file, a `datasets` directory saved with save_to_disk, or builtin:<task>",
     )
-    prompt_key: str = "prompt"
-    max_prompt_tokens: int = Field(64, ge=1)
+    split: str = Field("train", description="the split to read when data.prompts is a saved DatasetDict")
+    prompt_key: str = Field("prompt", description="column holding a text prompt")
+    messages_key: str = Field(
+        "messages", description="column holding a chat prompt, a list of {role, content}; used when a row has it"
+    )
+    apply_chat_template: bool = Field(
+        False, description="wrap each text prompt as one user message and render it with the chat template"
+    )
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template used instead of the tokenizer's own; null = the tokenizer's"
+    )
+    system_prompt: str | None = Field(
+        None, description="a system message put before every chat prompt that does not start with one"
+    )
+    max_prompt_tokens: int = Field(
+        64, ge=1, description="tokens per prompt; text prompts keep their start, chat prompts their end"
+    )
     overlong: Literal["truncate", "skip"] = Field("truncate", description="policy for prompts past max_prompt_tokens")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="visit the prompts in a seeded random order, a new one each epoch")
     num_builtin_prompts: int = Field(1024, ge=1, description="size of a builtin synthetic prompt set")
 
 

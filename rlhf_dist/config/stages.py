@@ -13,15 +13,34 @@ class StageDataConfig(Section):
     """Training rows: JSONL, Parquet, or a `datasets` directory saved with save_to_disk."""
 
     path: str | None = Field(None, description="file or directory; required except in `rlhf-dist demo`")
-    format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "datasets"] = Field(
+        "auto", description="auto: a directory is `datasets`, *.parquet Parquet, *.jsonl (or .json) JSONL"
+    )
+    split: str = Field("train", description="the split to read when data.path is a saved DatasetDict")
     max_length: int = Field(128, ge=8, description="tokens of prompt + response")
-    overlong: Literal["truncate", "skip"] = "truncate"
+    overlong: Literal["truncate", "skip"] = Field(
+        "truncate",
+        description="rows past max_length: cut the response (a prompt that alone fills it keeps its end), or skip",
+    )
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of rows held out for evaluation")
-    prompt_key: str = "prompt"
-    response_key: str = "response"
-    messages_key: str = "messages"
-    chosen_key: str = "chosen"
-    rejected_key: str = "rejected"
+    prompt_key: str = Field("prompt", description="column holding the prompt text")
+    response_key: str = Field("response", description="sft: column holding the response text")
+    messages_key: str = Field(
+        "messages",
+        description="column holding a chat, a list of {role, content}; sft: the last (assistant) message is the "
+        "response; rm/dpo: the prompt. Used when a row has it",
+    )
+    chosen_key: str = Field("chosen", description="rm/dpo: column holding the preferred response")
+    rejected_key: str = Field("rejected", description="rm/dpo: column holding the other response")
+    apply_chat_template: bool = Field(
+        False, description="wrap text prompt and response as a user and an assistant message of a chat"
+    )
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template used instead of the tokenizer's own; null = the tokenizer's"
+    )
+    system_prompt: str | None = Field(
+        None, description="a system message put before every chat that does not start with one"
+    )
 
 
 class StageLearnerConfig(LearnerConfig):
