@@ -31,6 +31,15 @@ _WORDS = (
 ).split()
 
 
+# The tiny tokenizer's chat template: role tags in plain text (the byte-level BPE encodes any text),
+# the template writes BOS, and eos closes every turn, so a model trained on chats learns to stop
+# where an assistant turn ends. The generation prompt is the assistant's tag.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class TinyModelPaths:
     policy: Path
@@ -54,7 +63,8 @@ def synthetic_corpus(num_lines: int = 3000, seed: int = 0) -> list[str]:
 def train_tokenizer(vocab_size: int = 512, seed: int = 0):
     """A byte-level BPE tokenizer trained on :func:`synthetic_corpus`; any text encodes.
 
-    Returns a ``PreTrainedTokenizerFast`` with pad, bos and eos tokens; encoding prepends bos.
+    Returns a ``PreTrainedTokenizerFast`` with pad, bos and eos tokens and :data:`CHAT_TEMPLATE`;
+    encoding prepends bos.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -73,9 +83,11 @@ def train_tokenizer(vocab_size: int = 512, seed: int = 0):
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
     )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def tiny_model_config(spec: TinyModelConfig, tokenizer, num_labels: int | None = None):
