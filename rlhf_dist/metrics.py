@@ -1,9 +1,11 @@
-"""One door for metrics: a JSONL file, TensorBoard and a progress bar, plus the end-of-run summary.
+"""One door for metrics: a JSONL file, TensorBoard, W&B and a progress bar, plus the end-of-run summary.
 
 ``run_dir/metrics.jsonl`` holds one JSON object per logged step (``{"step": 3, "reward/mean": 0.2,
 ...}``); a resumed run appends to it, so a step can appear twice and the later line wins
 (:func:`read_metrics`). Non-finite values are written as ``null``: JSON has no NaN.
 ``run_dir/samples.jsonl`` holds a few completions per logged step, for reading by eye.
+With ``logging.wandb`` on, the same scalars at the same steps, the run's config and the sample
+tables also go to W&B (:mod:`rlhf_dist.wandb_sink`, which says how a resumed run continues).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import math
 import numbers
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rlhf_dist.errors import UserError
+
+if TYPE_CHECKING:
+    from rlhf_dist.config.schema import WandbConfig
+    from rlhf_dist.wandb_sink import WandbSink
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ def _open_for_append(path: Path) -> IO[str]:
 
 
 class MetricsLogger:
-    """Fans each step's metrics out to ``metrics.jsonl``, TensorBoard and a tqdm bar.
+    """Fans each step's metrics out to ``metrics.jsonl``, TensorBoard, W&B and a tqdm bar.
 
     Args:
         run_dir: the run directory (created if missing).
@@ -75,6 +81,10 @@ class MetricsLogger:
         step_lines: print one compact line per logged step to stdout instead (for logs that are
             not a terminal, e.g. a Ray job's): ``step 4/20  reward 0.412  gold 0.380  kl 0.12
             mismatch 2e-07  2.9s``, counting steps from 1 like the bar.
+        wandb: the ``logging.wandb`` section; W&B is used (and ``wandb`` imported) only when it is
+            enabled with a mode other than ``disabled``.
+        config: the run's resolved config as a plain dict (``cfg.model_dump(mode="json")``), shown
+            as the W&B run's config.
     """
 
     def __init__(
@@ -85,6 +95,8 @@ class MetricsLogger:
         progress: bool = True,
         total_steps: int | None = None,
         step_lines: bool = False,
+        wandb: WandbConfig | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +112,11 @@ class MetricsLogger:
                     "tensorboard, or set logging.tensorboard=false"
                 ) from None
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._wandb: WandbSink | None = None
+        if wandb is not None and wandb.enabled and wandb.mode != "disabled":
+            from rlhf_dist.wandb_sink import WandbSink
+
+            self._wandb = WandbSink(self.run_dir, wandb, config)
         self._total, self._step_lines = total_steps, step_lines
         self._bar = None
         if progress:
@@ -117,11 +134,14 @@ class MetricsLogger:
         record = {"step": int(step)} | {k: _plain(k, v) for k, v in metrics.items() if k != "step"}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(key, value, global_step=step)
+            for key, value in scalars.items():
+                self._writer.add_scalar(key, value, global_step=step)
             self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, scalars)
         if self._bar is not None:
             self._bar.update(max(0, step + 1 - self._bar.n))
             shown = {name: f"{record[key]:.3f}" for key, name in PROGRESS_KEYS.items()
@@ -138,20 +158,31 @@ class MetricsLogger:
             print(text, flush=True)
 
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Append completions (``{"prompt": ..., "response": ..., "reward": ...}``) for ``step``."""
+        """Append completions (``{"prompt": ..., "response": ..., "reward": ...}``) for ``step`` to
+        ``samples.jsonl``, and send them as the table ``samples``."""
         if self._samples is None:
             self._samples = _open_for_append(self.run_dir / "samples.jsonl")
         for row in rows:
             record = {"step": int(step)} | {str(k): _plain(str(k), v) for k, v in row.items()}
             self._samples.write(json.dumps(record) + "\n")
         self._samples.flush()
+        self.log_table("samples", step, rows)
 
-    def close(self) -> None:
-        """Flush and close every sink; safe to call twice."""
+    def log_table(self, name: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Send ``rows`` (column -> value, one dict per row) as the table ``name`` at ``step`` to the
+        sinks that show tables (W&B); a no-op without one. Callers keep their own JSONL copy."""
+        if self._wandb is not None and rows:
+            plain = [{str(k): _plain(str(k), v) for k, v in row.items()} for row in rows]
+            self._wandb.log_table(name, int(step), plain)
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close every sink; safe to call twice. ``failed`` marks the W&B run failed."""
         for sink in (self._metrics, self._samples, self._writer, self._bar):
             if sink is not None:
                 sink.close()
-        self._samples = self._writer = self._bar = None
+        if self._wandb is not None:
+            self._wandb.close(exit_code=1 if failed else 0)
+        self._samples = self._writer = self._bar = self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -159,7 +190,7 @@ class MetricsLogger:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(failed=exc_type is not None)
 
 
 def step_line(step: int, record: dict[str, Any], total: int | None = None) -> str:

@@ -195,11 +195,25 @@ class PlacementConfig(Section):
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
+class WandbConfig(Section):
+    """Weights & Biases, one more sink of rlhf_dist/metrics.py (rlhf_dist/wandb_sink.py); needs the wandb extra."""
+
+    enabled: bool = Field(False, description="log scalars, the config and sample tables to W&B as well")
+    project: str = Field("rlhf-dist", min_length=1, description="W&B project of the run")
+    entity: str | None = Field(None, description="W&B user or team; null = the logged-in user's default entity")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online",
+        description="online: stream to the W&B server (needs `wandb login` or WANDB_API_KEY); offline: no network, "
+        "files under RUN_DIR/wandb to upload later with `wandb sync`; disabled: same as enabled=false",
+    )
+
+
 class LoggingConfig(Section):
     log_every: int = Field(1, ge=1)
-    tensorboard: bool = True
-    progress_bar: bool = True
+    tensorboard: bool = Field(True, description="write scalars to RUN_DIR/tensorboard")
+    progress_bar: bool = Field(True, description="a progress bar on a terminal; false (or no terminal): a line per step")
     samples_every: int = Field(5, ge=0, description="log a few completions every N steps; 0 = never")
+    wandb: WandbConfig = WandbConfig()
 
 
 class CheckpointConfig(Section):
