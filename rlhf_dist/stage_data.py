@@ -1,29 +1,32 @@
 """Data of the supervised stages: demonstrations (SFT) and preference pairs (RM, DPO).
 
-Rows come from JSONL (errors carry the line number), Parquet, or a Hugging Face `datasets`
-directory saved with ``save_to_disk``. Tokenised examples keep the prompt and the response apart,
-so that losses and log-probs cover response tokens only.
+Rows come from the shared reader (:func:`rlhf_dist.data.read_table`: JSONL, Parquet or a saved
+`datasets` directory) and chats are rendered by the shared :class:`~rlhf_dist.data.ChatRenderer`,
+as RL prompts are. Tokenised examples keep the prompt and the response apart, so that losses and
+log-probs cover response tokens only.
 """
 
 from __future__ import annotations
 
-import json
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhf_dist.config.stages import StageDataConfig
-from rlhf_dist.errors import UserError
+from rlhf_dist.data.chat import ChatRenderer, Messages, as_messages, row_prompt
+from rlhf_dist.data.reader import DataError, Table, read_table
 
 
-class StageDataError(UserError):
-    pass
+class StageDataError(DataError):
+    """Rows of a supervised stage that cannot be turned into examples."""
 
 
 @dataclass(frozen=True)
 class SFTExample:
     prompt_ids: list[int]
-    response_ids: list[int]  # ends with eos; the loss covers these tokens only
+    response_ids: list[int]  # ends with eos (or the template's end of turn); the loss covers these only
 
 
 @dataclass(frozen=True)
@@ -41,50 +44,26 @@ class Examples:
     num_skipped: int = 0
 
 
-def read_rows(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        raise StageDataError(f"data path {str(path)!r} does not exist; set data.path")
-    if fmt == "auto":
-        fmt = "datasets" if path.is_dir() else "parquet" if path.suffix == ".parquet" else "jsonl"
-    if fmt == "jsonl":
-        rows = _read_jsonl(path)
-    else:
-        try:
-            import datasets
-        except ImportError:
-            raise StageDataError(f"reading {fmt} needs the `datasets` package: pip install datasets") from None
-        data = datasets.load_from_disk(str(path)) if fmt == "datasets" else datasets.Dataset.from_parquet(str(path))
-        if isinstance(data, datasets.DatasetDict):
-            data = data["train"] if "train" in data else next(iter(data.values()))
-        rows = list(data)
-    if not rows:
-        raise StageDataError(f"{path} holds no rows; point data.path at a non-empty dataset")
-    return rows
+def load_rows(cfg: StageDataConfig) -> Table:
+    """The rows of ``cfg.path`` (in ``cfg.format``, split ``cfg.split``)."""
+    if cfg.path is None:
+        raise StageDataError("no data.path; set it to a .jsonl or .parquet file or a saved `datasets` directory")
+    return read_table(cfg.path, cfg.format, cfg.split, setting="data.path", format_setting="data.format")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StageDataError(f"{path}, line {number}: not valid JSON ({exc.msg}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise StageDataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+def read_rows(path: str | Path, fmt: str = "auto", split: str = "train") -> Table:
+    """The rows of ``path``; :func:`load_rows` is the same from a config."""
+    return read_table(path, fmt, split, setting="data.path", format_setting="data.format")
 
 
-def _field(row: dict[str, Any], key: str, number: int, kind: str = "a string") -> Any:
-    if key not in row:
-        raise StageDataError(f"row {number}: missing field {key!r} (it has {sorted(row)}); set data.*_key to match")
-    value = row[key]
-    if kind == "a string" and not isinstance(value, str):
-        raise StageDataError(f"row {number}: field {key!r} must be {kind}, got {type(value).__name__}")
+def _table(rows: Table | Sequence[dict[str, Any]]) -> Table:
+    return rows if isinstance(rows, Table) else Table(source="data", rows=list(rows))
+
+
+def _text(table: Table, i: int, key: str, setting: str, holds: str) -> str:
+    value = table.value(i, key, setting, holds)
+    if not isinstance(value, str):
+        raise StageDataError(f"{table.where(i)}: {key!r} ({setting}) must be a string, got {type(value).__name__}")
     return value
 
 
@@ -96,21 +75,13 @@ def _encode_response(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
-def _chat_split(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """Prompt = every message but the last (with the generation prompt); response = the last one."""
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=True)
-        if hasattr(prompt, "input_ids"):
-            prompt, full = prompt["input_ids"], full["input_ids"]
-        # The prompt's last token may merge with the reply's first (e.g. "assistant: " + "aaa"),
-        # so split the full conversation where its tokens stop agreeing with the prompt's.
-        common = 0
-        while common < min(len(prompt), len(full)) and prompt[common] == full[common]:
-            common += 1
-        return list(full[:common]), list(full[common:])
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + f"{messages[-1]['role']}: "
-    return _encode_prompt(tokenizer, text), _encode_response(tokenizer, messages[-1]["content"])
+def _encode(
+    tokenizer, renderer: ChatRenderer, prompt: str | Messages, replies: list[str], where: str
+) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and reply ids: through the chat template for a chat, else as plain text + eos."""
+    if isinstance(prompt, list):
+        return renderer.encode_replies(prompt, replies, where)
+    return _encode_prompt(tokenizer, prompt), [_encode_response(tokenizer, r) for r in replies]
 
 
 def _fit(prompt: list[int], responses: list[list[int]], cfg: StageDataConfig) -> tuple[list[int], list[list[int]]] | None:
@@ -128,8 +99,6 @@ def _fit(prompt: list[int], responses: list[list[int]], cfg: StageDataConfig) ->
 
 
 def _split(examples: list[Any], cfg: StageDataConfig, seed: int) -> tuple[list[Any], list[Any]]:
-    import random
-
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = int(round(len(examples) * cfg.eval_fraction))
@@ -139,18 +108,28 @@ def _split(examples: list[Any], cfg: StageDataConfig, seed: int) -> tuple[list[A
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
-def sft_examples(rows: list[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
-    """Prompt/response rows, or chat rows with `messages` (the last message is the response)."""
+def _sft_row(table: Table, i: int, cfg: StageDataConfig) -> tuple[str | Messages, str]:
+    """(prompt, response) of an SFT row: a chat's last message is the response it learns."""
+    row, where = table[i], table.where(i)
+    if row.get(cfg.messages_key) is not None:
+        messages = as_messages(row[cfg.messages_key], where, cfg.messages_key)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise StageDataError(
+                f"{where}: {cfg.messages_key!r} must end with the assistant message SFT learns, after at least "
+                f"one prompt message; got roles {[m['role'] for m in messages]}"
+            )
+        return messages[:-1], messages[-1]["content"]
+    _, prompt = row_prompt(table, i, cfg)
+    return prompt, _text(table, i, cfg.response_key, "data.response_key", "the response text")
+
+
+def sft_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
+    """Prompt/response rows, or chat rows under ``cfg.messages_key`` (the last message is the response)."""
+    table, renderer = _table(rows), ChatRenderer.from_config(tokenizer, cfg)
     examples, truncated, skipped = [], 0, 0
-    for number, row in enumerate(rows, start=1):
-        if cfg.messages_key in row:
-            messages = _field(row, cfg.messages_key, number, "a list")
-            if not isinstance(messages, list) or len(messages) < 2:
-                raise StageDataError(f"row {number}: {cfg.messages_key!r} must be a list of at least 2 messages")
-            prompt, response = _chat_split(tokenizer, messages)
-        else:
-            prompt = _encode_prompt(tokenizer, _field(row, cfg.prompt_key, number))
-            response = _encode_response(tokenizer, _field(row, cfg.response_key, number))
+    for i in range(len(table)):
+        prompt_part, reply = _sft_row(table, i, cfg)
+        prompt, (response,) = _encode(tokenizer, renderer, prompt_part, [reply], table.where(i))
         fitted = _fit(prompt, [response], cfg)
         if fitted is None:
             skipped += 1
@@ -160,13 +139,17 @@ def sft_examples(rows: list[dict[str, Any]], tokenizer, cfg: StageDataConfig, se
     return _finish(examples, cfg, seed, truncated, skipped)
 
 
-def preference_examples(rows: list[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
-    """Rows of (prompt, chosen, rejected)."""
+def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
+    """Rows of (prompt, chosen, rejected); the prompt is text or a chat under ``cfg.messages_key``."""
+    table, renderer = _table(rows), ChatRenderer.from_config(tokenizer, cfg)
     examples, truncated, skipped = [], 0, 0
-    for number, row in enumerate(rows, start=1):
-        prompt = _encode_prompt(tokenizer, _field(row, cfg.prompt_key, number))
-        chosen = _encode_response(tokenizer, _field(row, cfg.chosen_key, number))
-        rejected = _encode_response(tokenizer, _field(row, cfg.rejected_key, number))
+    for i in range(len(table)):
+        _, prompt_part = row_prompt(table, i, cfg)
+        replies = [
+            _text(table, i, cfg.chosen_key, "data.chosen_key", "the preferred response"),
+            _text(table, i, cfg.rejected_key, "data.rejected_key", "the rejected response"),
+        ]
+        prompt, (chosen, rejected) = _encode(tokenizer, renderer, prompt_part, replies, table.where(i))
         fitted = _fit(prompt, [chosen, rejected], cfg)
         if fitted is None:
             skipped += 1

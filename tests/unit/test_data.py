@@ -1,4 +1,4 @@
-"""Prompts: builtin tasks, JSONL loading and its errors, over-long policies, the resumable sampler."""
+"""RL prompts: builtin tasks, every file format, errors, columns, over-long policies, the resumable sampler."""
 
 import json
 from collections import Counter
@@ -56,6 +56,7 @@ def test_jsonl_happy_path(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "p.jsonl", [{"question": "say cat", "id": 1}, "", {"question": "write dog"}])
     prompts = load_prompts(DataConfig(prompts=path, prompt_key="question"), tokenizer, seed=0)
     assert [p.text for p in prompts.prompts] == ["say cat", "write dog"]  # the blank line is ignored
+    assert [p.columns for p in prompts.prompts] == [{"id": 1}, {}]  # the rest of each row travels with it
     assert prompts.prompts[1].ids == tokenizer("write dog")["input_ids"]
 
 
@@ -65,7 +66,7 @@ def test_jsonl_happy_path(tmp_path, tokenizer):
         ([], ["holds no prompts"]),
         (["", "  "], ["holds no prompts"]),
         ([{"prompt": "ok"}, '{"prompt": "broken"', {"prompt": "ok"}], ["line 2", "not valid JSON", "broken"]),
-        ([{"prompt": "ok"}, {"prompt": "ok"}, {"text": "x", "id": 3}], ["line 3", "no key 'prompt'", "['id', 'text']"]),
+        ([{"prompt": "ok"}, {"prompt": "ok"}, {"text": "x", "id": 3}], ["line 3", "no 'prompt' (data.prompt_key)", "['id', 'text']"]),
         ([{"prompt": "ok"}, [1, 2]], ["line 2", "expected a JSON object, got list"]),
         ([{"prompt": 5}], ["line 1", "'prompt' is a int"]),
     ],
@@ -79,10 +80,47 @@ def test_jsonl_errors_give_the_line(tmp_path, tokenizer, rows, fragments):
 
 
 def test_missing_file_and_unsupported_format(tmp_path, tokenizer):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="data.prompts=.*nope.jsonl' does not exist"):
         load_prompts(DataConfig(prompts=str(tmp_path / "nope.jsonl")), tokenizer, seed=0)
-    with pytest.raises(DataError, match="only .jsonl"):
+    (tmp_path / "p.csv").write_text("prompt\nsay cat\n")
+    with pytest.raises(DataError, match="cannot tell the format from the name 'p.csv'"):
         load_prompts(DataConfig(prompts=str(tmp_path / "p.csv")), tokenizer, seed=0)
+
+
+# ----------------------------------------------------------------------------- Parquet, datasets, columns
+
+
+ROWS = [{"question": f"what is {i} + 1?", "answer": str(i + 1), "tags": ["sum", str(i)]} for i in range(4)]
+
+
+def test_parquet_prompts_keep_their_columns(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "p.parquet")
+    prompts = load_prompts(DataConfig(prompts=str(tmp_path / "p.parquet"), prompt_key="question"), tokenizer, seed=0)
+    assert [p.text for p in prompts.prompts] == [r["question"] for r in ROWS]
+    assert [p.columns for p in prompts.prompts] == [{"answer": r["answer"], "tags": r["tags"]} for r in ROWS]
+    assert prompts.prompts[2].ids == tokenizer(ROWS[2]["question"])["input_ids"]
+
+
+def test_saved_datasetdict_split_and_source_override(tmp_path, tokenizer):
+    import datasets
+
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS[:3]), "test": datasets.Dataset.from_list(ROWS[3:])}
+    )
+    splits.save_to_disk(str(tmp_path / "ds"))
+    cfg = DataConfig(prompts=str(tmp_path / "ds"), prompt_key="question")
+    assert [p.columns["answer"] for p in load_prompts(cfg, tokenizer, seed=0).prompts] == ["1", "2", "3"]
+    test = load_prompts(cfg.model_copy(update={"split": "test"}), tokenizer, seed=0).prompts
+    assert [(p.text, p.columns["answer"]) for p in test] == [("what is 3 + 1?", "4")]
+    # Another section (eval) loads its own file with the same rules; its key names it in errors.
+    path = write_jsonl(tmp_path / "eval.jsonl", [{"question": "say cat", "answer": "cat"}])
+    other = load_prompts(cfg, tokenizer, seed=0, source=path).prompts
+    assert [(p.text, p.columns) for p in other] == [("say cat", {"answer": "cat"})]
+    with pytest.raises(DataError, match="eval.prompts="):
+        load_prompts(cfg, tokenizer, seed=0, source=str(tmp_path / "nope.jsonl"), setting="eval.prompts")
 
 
 # ----------------------------------------------------------------------------- over-long prompts

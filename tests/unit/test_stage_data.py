@@ -1,11 +1,12 @@
-"""Reading and tokenising SFT and preference data: formats, errors with line numbers, over-long rows."""
+"""SFT and preference examples from the shared reader: tokenisation, templates, errors, over-long rows."""
 
 import json
 
 import pytest
 
 from rlhf_dist.config.stages import StageDataConfig
-from rlhf_dist.stage_data import StageDataError, preference_examples, read_rows, sft_examples
+from rlhf_dist.data import DataError
+from rlhf_dist.stage_data import load_rows, preference_examples, read_rows, sft_examples
 from rlhf_dist.tiny import train_tokenizer
 
 
@@ -29,16 +30,15 @@ def test_sft_loss_covers_the_response_only(tokenizer):
     assert tokenizer.decode(first.response_ids, skip_special_tokens=True) == "banana apple"
 
 
-def test_chat_rows_use_the_chat_template(tokenizer):
-    tokenizer.chat_template = (
+def test_chat_rows_use_the_configured_template(tokenizer):
+    # The prompt's trailing space merges with the reply's first word ("Ġaaa"): the split falls
+    # where the full chat stops agreeing with the prompt alone.
+    template = (
         "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
         "{% if add_generation_prompt %}<s>assistant: {% endif %}"
     )
-    try:
-        rows = [{"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "aaa"}]}]
-        ex = sft_examples(rows, tokenizer, StageDataConfig(eval_fraction=0.0), seed=0)
-    finally:
-        tokenizer.chat_template = None
+    rows = [{"messages": [{"role": "user", "content": "say a"}, {"role": "assistant", "content": "aaa"}]}]
+    ex = sft_examples(rows, tokenizer, StageDataConfig(eval_fraction=0.0, chat_template=template), seed=0)
     example = ex.train[0]
     assert tokenizer.decode(example.prompt_ids).endswith("assistant:")
     assert tokenizer.decode(example.response_ids, skip_special_tokens=True) == " aaa"
@@ -58,29 +58,46 @@ def test_overlong_rows_truncate_or_skip_and_are_counted(tokenizer):
 def test_malformed_jsonl_line_is_reported_by_number(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": \n')
-    with pytest.raises(StageDataError, match="bad.jsonl, line 3: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl line 3: not valid JSON"):
         read_rows(path)
 
 
 def test_missing_field_empty_file_and_missing_path(tmp_path, tokenizer):
-    with pytest.raises(StageDataError, match=r"row 2: missing field 'chosen' \(it has \['prompt', 'rejected'\]\)"):
+    with pytest.raises(DataError, match=r"row 2: no 'chosen' \(data.chosen_key\); this row has \['prompt', 'rejected'\]"):
         preference_examples([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "rejected": "c"}],
                             tokenizer, StageDataConfig(), seed=0)
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "answer": "b"}])
+    with pytest.raises(DataError) as info:
+        sft_examples(read_rows(path), tokenizer, StageDataConfig(), seed=0)
+    assert str(info.value) == (
+        f"{path} has no column 'response' (data.response_key); its columns are ['prompt', 'answer']; "
+        "set data.response_key to the column holding the response text"
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(StageDataError, match="holds no rows"):
+    with pytest.raises(DataError, match="holds no rows"):
         read_rows(empty)
-    with pytest.raises(StageDataError, match="does not exist"):
-        read_rows(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(StageDataConfig(path=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(DataError, match="no data.path"):
+        load_rows(StageDataConfig())
 
 
-def test_parquet_and_saved_datasets(tmp_path):
+def test_every_format_through_the_config(tmp_path):
     import datasets
 
     rows = [{"prompt": f"p{i}", "chosen": "aa", "rejected": "b"} for i in range(5)]
     data = datasets.Dataset.from_list(rows)
     data.to_parquet(str(tmp_path / "pairs.parquet"))
     data.save_to_disk(str(tmp_path / "pairs_ds"))
-    assert read_rows(tmp_path / "pairs.parquet") == rows
-    assert read_rows(tmp_path / "pairs_ds") == rows
-    assert read_rows(write_jsonl(tmp_path / "pairs.jsonl", rows)) == rows
+    datasets.DatasetDict({"train": data.select(range(3)), "test": data.select(range(3, 5))}).save_to_disk(
+        str(tmp_path / "pairs_dict")
+    )
+    write_jsonl(tmp_path / "pairs.txt", rows)
+    assert load_rows(StageDataConfig(path=str(tmp_path / "pairs.parquet"))).rows == rows
+    assert load_rows(StageDataConfig(path=str(tmp_path / "pairs_ds"))).rows == rows
+    assert load_rows(StageDataConfig(path=str(tmp_path / "pairs_dict"))).rows == rows[:3]
+    assert load_rows(StageDataConfig(path=str(tmp_path / "pairs_dict"), split="test")).rows == rows[3:]
+    assert load_rows(StageDataConfig(path=str(tmp_path / "pairs.txt"), format="jsonl")).rows == rows
+    with pytest.raises(DataError, match="or set data.format"):
+        load_rows(StageDataConfig(path=str(tmp_path / "pairs.txt")))
