@@ -84,7 +84,6 @@ def train(
     cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False
 ) -> RunResult:
     """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint."""
-    from rlhf_dist.data import load_prompts
     from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
     from rlhf_dist.models import load_tokenizer
 
@@ -98,12 +97,7 @@ def train(
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
-    prompt_set = load_prompts(cfg.data, tokenizer, cfg.seed)
-    if len(prompt_set.prompts) < cfg.rollout.prompts_per_step:
-        raise UserError(
-            f"the data has {len(prompt_set.prompts)} usable prompts, fewer than "
-            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}; add prompts or lower it"
-        )
+    train_prompts, eval_prompts = load_run_prompts(cfg, tokenizer)
     probe_ids = tokenizer(PROBE_TEXT).input_ids
 
     from launch.roles import build_roles, start_ray, stop_roles
@@ -121,7 +115,8 @@ def train(
             step_lines=not show_progress,
         ) as metrics:
             driver = Driver(
-                cfg, roles, prompt_set.prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir
+                cfg, roles, train_prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir,
+                eval_prompts,
             )
             start_step = driver.restore(checkpoint) if checkpoint is not None else 0
             driver.run(start_step)
@@ -135,6 +130,25 @@ def train(
     print(f"\noutputs: {run_dir}/ (config.yaml, metrics.jsonl, tensorboard/, samples.jsonl"
           + (", final/ = the trained policy in Hugging Face format)" if final_dir else ")"))
     return RunResult(run_dir, records, final_dir)
+
+
+def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list]:
+    """The training prompts and the eval prompts (``eval.prompts``, or ``eval.holdout`` of them
+    held out of data.prompts and never trained on)."""
+    from rlhf_dist.data import load_prompts
+    from rlhf_dist.evaluation import split_holdout
+
+    train_prompts, eval_prompts = load_prompts(cfg.data, tokenizer, cfg.seed).prompts, []
+    if cfg.eval.holdout:
+        train_prompts, eval_prompts = split_holdout(train_prompts, cfg.eval.holdout, cfg.seed)
+    elif cfg.eval.prompts is not None:
+        eval_prompts = load_prompts(cfg.data, tokenizer, cfg.seed, cfg.eval.prompts, setting="eval.prompts").prompts
+    if len(train_prompts) < cfg.rollout.prompts_per_step:
+        raise UserError(
+            f"the data has {len(train_prompts)} usable training prompts, fewer than "
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}; add prompts or lower it"
+        )
+    return train_prompts, eval_prompts
 
 
 def required_cpus(cfg: RunConfig) -> float:

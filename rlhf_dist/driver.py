@@ -22,11 +22,14 @@ import torch
 from rlhf_dist.algorithms import AdaptiveKLController, FixedKLController
 from rlhf_dist.config import RunConfig
 from rlhf_dist.data import Prompt, PromptSampler
-from rlhf_dist.experience import Experience, StepBatch
+from rlhf_dist.evaluation import Evaluator
+from rlhf_dist.experience import Experience, StepBatch, columns_of
 from rlhf_dist.metrics import MetricsLogger
 from rlhf_dist.monitor import HackingMonitor
 from rlhf_dist.ray_metrics import RayMetricsExporter
-from rlhf_dist.remote import ActorDied, Roles, RunFailed, gather, shard_sizes, wait_until_alive
+from rlhf_dist.remote import (
+    ActorDied, Roles, RunFailed, gather, generate_on, score_on, shard_sizes, wait_until_alive,
+)
 from rlhf_dist.rollout import Request, Sample, request_seed
 from rlhf_dist.run_state import LoopState, restore_run_checkpoint, save_run_checkpoint
 from rlhf_dist.shaping import compute_advantages
@@ -34,7 +37,7 @@ from rlhf_dist.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
-PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")
+PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")  # + "eval" when due
 
 
 class RewardHackingWarning(UserWarning):
@@ -52,6 +55,7 @@ class Driver:
         metrics: MetricsLogger,
         sync_address: tuple[str, int],
         run_dir: Path | None = None,
+        eval_prompts: list[Prompt] | None = None,
     ):
         self.cfg, self.roles, self.prompts, self.pad = cfg, roles, prompts, pad_token_id
         self.metrics, self.run_dir = metrics, run_dir
@@ -63,6 +67,7 @@ class Driver:
         )
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
                                cfg.rollout.tensor_parallel_size, cfg.model.dtype)
+        self.evaluator = Evaluator(cfg, eval_prompts or [], roles, run_dir)
         self.ray_metrics = RayMetricsExporter(cfg.name)
         self.timings: dict[str, float] = {}
         self.records: list[dict[str, float]] = []
@@ -89,11 +94,19 @@ class Driver:
                 path = self.save_checkpoint(step + 1)
                 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 self.metrics.note(f"checkpoint {path} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.2f} s)")
+        if self.evaluator.enabled:  # the final policy, after the last sync: a row of its own
+            final = {"step": self.cfg.steps, **self.recovering(lambda: self.evaluate(self.cfg.steps))}
+            self.metrics.log(self.cfg.steps, final, quiet=True)
+            self.ray_metrics.export(final)
         return self.records
 
     def step(self, step: int) -> dict[str, float]:
         self.timings = {}
         started = time.time()
+        eval_stats = {}
+        if self.evaluator.due(step):  # the weights the generators hold as the step starts
+            with self.phase("eval"):
+                eval_stats = self.recovering(lambda: self.evaluate(step))
         indices = self.state.sampler.next_batch(self.cfg.rollout.prompts_per_step)
         with self.phase("generate"):
             batch = self.recovering(lambda: self.generate(step, indices))
@@ -115,7 +128,7 @@ class Driver:
             self.set_generators_awake(True)
             sync_stats = self.recovering(lambda: self.learner_call(self.sync_weights, step))
         kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
-        record = self.step_metrics(step, exp, started, reward_stats, adv_stats, train_stats, sync_stats)
+        record = self.step_metrics(step, exp, started, eval_stats, reward_stats, adv_stats, train_stats, sync_stats)
         self.finish_step(step, record, batch)
         return record
 
@@ -135,35 +148,31 @@ class Driver:
             for i in indices
             for s in range(rollout.samples_per_prompt)
         ]
-        # Whole groups per worker, so one worker's batch shares prompt prefixes.
-        per_worker = [requests[w :: len(self.roles.rollout)] for w in range(len(self.roles.rollout))]
-        results = gather(
-            [w.generate.remote(reqs, rollout.sampling) for w, reqs in zip(self.roles.rollout, per_worker) if reqs],
-            "rollout",
-        )
-        by_key = {(s.prompt_index, s.sample_index): s for part in results for s in part}
-        samples = [by_key[(r.prompt_index, r.sample_index)] for r in requests]
+        samples = generate_on(self.roles.rollout, requests, rollout.sampling)
+        rows = [self.prompts[s.prompt_index] for s in samples]
         return StepBatch(
             exp=self.to_experience(samples),
-            prompts=[self.prompts[s.prompt_index].text for s in samples],
+            prompts=[p.text for p in rows],
             responses=[s.text for s in samples],
+            columns=columns_of(rows),
         )
 
     def score(self, batch: StepBatch) -> dict[str, float]:
         """Rewards of every sequence, sharded over the scorers; sets ``exp.scores`` and components."""
-        exp, calls, start = batch.exp, [], 0
-        for scorer, size in zip(self.roles.reward, shard_sizes(exp.batch_size, len(self.roles.reward))):
-            if size:
-                prompts, responses, _ = batch.rows(start, start + size)
-                calls.append(scorer.score.remote(prompts, responses))
-            start += size
-        results = gather(calls, "reward scorer")
-        exp.scores = torch.cat([r.total for r in results]).float()
-        exp.reward_components = {k: torch.cat([r.components[k] for r in results]) for k in results[0].components}
+        exp = batch.exp
+        result = score_on(self.roles.reward, batch.prompts, batch.responses, batch.columns)
+        exp.scores, exp.reward_components = result.total, result.components
         stats = {"reward/mean": float(exp.scores.mean()), "reward/std": float(exp.scores.std())}
         stats.update({f"reward/{k}": float(v.mean()) for k, v in exp.reward_components.items()})
-        if results[0].gold is not None:
-            stats["reward/gold_mean"] = float(torch.cat([r.gold for r in results]).mean())
+        if result.gold is not None:
+            stats["reward/gold_mean"] = float(result.gold.mean())
+        return stats
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out eval at the generators' current weights; one line for the user."""
+        stats = self.evaluator.run(step)
+        shown = "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in stats.items())
+        self.metrics.note(f"eval at step {step}: {shown}")
         return stats
 
     def reference(self, exp: Experience) -> torch.Tensor:

@@ -186,7 +186,11 @@ class StepBatch:
     responses: list[str]  # (B,) the decoded response text
     columns: dict[str, list] = field(default_factory=dict)  # row column name -> (B,) values
 
-    def rows(self, start: int, stop: int) -> tuple[list[str], list[str], dict[str, list]]:
-        """Prompts, responses and columns of sequences ``start .. stop - 1`` (a scorer's shard)."""
-        return (self.prompts[start:stop], self.responses[start:stop],
-                {name: values[start:stop] for name, values in self.columns.items()})
+
+def columns_of(rows: list) -> dict[str, list]:
+    """Row columns (each row's ``columns`` dict) as column name -> values in row order; a column
+    missing from some rows gets None there."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row.columns))
+    return {name: [row.columns.get(name) for row in rows] for name in names}

@@ -124,10 +124,11 @@ class MetricsLogger:
 
             self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], quiet: bool = False) -> None:
         """Record ``metrics`` (name -> number) for ``step`` everywhere, flushed before returning.
 
         ``metrics`` may repeat the step under the key ``"step"``, but only with the same value.
+        ``quiet``: a row that is not a training step (the final eval) moves no bar, prints no line.
         """
         if "step" in metrics and metrics["step"] != step:
             raise ValueError(f"metrics['step']={metrics['step']!r} disagrees with step={step}")
@@ -142,6 +143,8 @@ class MetricsLogger:
             self._writer.flush()
         if self._wandb is not None:
             self._wandb.log(step, scalars)
+        if quiet:
+            return
         if self._bar is not None:
             self._bar.update(max(0, step + 1 - self._bar.n))
             shown = {name: f"{record[key]:.3f}" for key, name in PROGRESS_KEYS.items()

@@ -97,3 +97,38 @@ def shards(items: list[T], workers: int) -> list[list[T]]:
         out.append(items[start : start + size])
         start += size
     return out
+
+
+def generate_on(generators: list[Any], requests: list[Any], sampling: Any, role: str = "rollout") -> list[Any]:
+    """Sample every request on the generators; returns the samples in request order.
+
+    Requests are dealt round-robin, so a prompt's samples (adjacent requests) spread over the
+    engines when there are several, and each engine's batch stays full.
+    """
+    per_worker = [requests[w :: len(generators)] for w in range(len(generators))]
+    results = gather([g.generate.remote(reqs, sampling) for g, reqs in zip(generators, per_worker) if reqs], role)
+    by_key = {(s.prompt_index, s.sample_index): s for part in results for s in part}
+    return [by_key[(r.prompt_index, r.sample_index)] for r in requests]
+
+
+def score_on(scorers: list[Any], prompts: list[str], responses: list[str], columns: dict[str, list],
+             role: str = "reward scorer"):
+    """Score (prompt, response) pairs sharded over the scorers, each shard with its rows' columns;
+    returns one `RewardResult` for the whole batch, in order."""
+    import torch
+
+    from rlhf_dist.rewards import RewardResult
+
+    calls, start = [], 0
+    for scorer, size in zip(scorers, shard_sizes(len(prompts), len(scorers))):
+        if size:
+            stop = start + size
+            part = {name: values[start:stop] for name, values in columns.items()}
+            calls.append(scorer.score.remote(prompts[start:stop], responses[start:stop], part))
+        start += size
+    results = gather(calls, role)
+    return RewardResult(
+        total=torch.cat([r.total for r in results]).float(),
+        components={k: torch.cat([r.components[k] for r in results]) for k in results[0].components},
+        gold=torch.cat([r.gold for r in results]) if results[0].gold is not None else None,
+    )

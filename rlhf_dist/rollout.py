@@ -35,9 +35,11 @@ class Sample:
     text: str  # decoded response without special tokens
 
 
-def request_seed(run_seed: int, step: int, prompt_index: int, sample_index: int) -> int:
-    """A sampling seed fixed by (run, step, prompt, sample): reruns and resumes sample the same."""
-    digest = hashlib.blake2b(f"{run_seed}/{step}/{prompt_index}/{sample_index}".encode(), digest_size=4)
+def request_seed(run_seed: int, step: int, prompt_index: int, sample_index: int, stream: str = "") -> int:
+    """A sampling seed fixed by (run, step, prompt, sample): reruns and resumes sample the same.
+    ``stream`` keeps other samplers of the same step apart (``"eval"``); "" is the training stream."""
+    key = f"{run_seed}/{step}/{prompt_index}/{sample_index}" + (f"/{stream}" if stream else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=4)
     return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF
 
 
@@ -174,8 +176,11 @@ class HFEngine:
             out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
             past = out.past_key_values
             log_probs = _processed_logprobs(out.logits[:, -1].float(), sampling)
-            probs = log_probs.exp()
-            nxt = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
+            if sampling.temperature == 0:  # greedy (eval): the most likely token, no sampling
+                nxt = log_probs.argmax(-1)
+            else:
+                probs = log_probs.exp()
+                nxt = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
             tokens.append(torch.where(done, pad, nxt))
             logps.append(log_probs.gather(-1, nxt[:, None])[:, 0])
             done = done | (nxt == eos)
@@ -212,8 +217,10 @@ class HFEngine:
 
 
 def _processed_logprobs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """log softmax(logits / T) after top-k / top-p filtering (filtered tokens get -inf)."""
-    logits = logits / sampling.temperature
+    """log softmax(logits / T) after top-k / top-p filtering (filtered tokens get -inf); T = 0
+    (greedy) leaves the logits unscaled."""
+    if sampling.temperature > 0:
+        logits = logits / sampling.temperature
     if sampling.top_k > 0:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -70,7 +70,9 @@ class DataConfig(Section):
 class SamplingConfig(Section):
     """Sampling for rollouts. Logprobs are of the temperature-scaled distribution."""
 
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    temperature: float = Field(
+        1.0, ge=0.0, le=10.0, description="softmax temperature; 0 = greedy (eval only: training needs T > 0)"
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1, description="-1 = off")
     max_new_tokens: int = Field(16, ge=1)
@@ -93,26 +95,42 @@ class RolloutConfig(Section):
 class RewardComponent(Section):
     """One term of the reward; the scorer sums ``weight * value`` over components."""
 
-    type: Literal["model", "rule", "python", "remote"]
+    type: Literal["model", "rule", "python", "remote"] = Field(
+        description="rule: a named rule; python: module:function called fn(prompts, responses, **columns); "
+        "remote: an HTTP server; model: a sequence-classification reward model"
+    )
     name: str | None = Field(None, description="rule: registry name; model/python/remote: label in metrics")
     path: str | None = Field(None, description="model: directory; python: module:function")
-    url: str | None = Field(None, description="remote: HTTP endpoint")
-    weight: float = 1.0
+    url: str | None = Field(None, description="remote: HTTP endpoint, POSTed {prompts, responses, columns}")
+    args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="rule: its settings, e.g. {answer_key: answer} for math/exact_match, {pattern: ...} for format",
+    )
+    weight: float = Field(1.0, description="factor of this component in the summed reward")
 
 
 class RewardConfig(Section):
     """The reward scorer."""
 
     components: list[RewardComponent] = Field(
-        default_factory=lambda: [RewardComponent(type="rule", name="letters")]
+        default_factory=lambda: [RewardComponent(type="rule", name="letters")],
+        description="the terms of the reward, summed with their weights",
     )
-    gold: str | None = Field(None, description="registry name of a gold rule, logged but not trained on")
+    gold: str | RewardComponent | None = Field(
+        None,
+        description="a rule name, or a component ({type, name, path, url, args}) scored on every sample, "
+        "logged as reward/gold_mean but not trained on",
+    )
     clip: float | None = Field(None, gt=0.0, description="clip the summed reward to [-clip, clip]")
     timeout_s: float = Field(30.0, gt=0.0, description="remote components: seconds per request")
     retries: int = Field(3, ge=0, description="remote components: retries after a timeout, refusal or 5xx")
     backoff_s: float = Field(0.5, ge=0.0, description="remote components: wait before retry k is backoff_s * 2**k")
     max_response_bytes: int = Field(1_000_000, ge=1, description="remote components: larger answers are refused")
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1, description="reward scorer actors; each scores a shard of the batch")
+
+    def gold_component(self) -> RewardComponent | None:
+        """``gold`` as a component: a rule name stands for ``{type: rule, name: <it>}``."""
+        return RewardComponent(type="rule", name=self.gold) if isinstance(self.gold, str) else self.gold
 
 
 class ReferenceConfig(Section):
@@ -131,28 +149,37 @@ class LoraConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-5, gt=0.0, le=1.0)
-    critic_lr: float = Field(5e-5, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0.0)
-    warmup_steps: int = Field(0, ge=0)
+    """AdamW (decoupled weight decay) and its LR schedule (rlhf_dist/schedule.py), for the policy and critic."""
+
+    lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate of the policy (and of stage models)")
+    critic_lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate of the PPO critic")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW moment decay rates (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon")
+    scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="LR after warmup: constant, or linear/cosine decay to min_lr_ratio x lr at the run's last optimizer step"
+    )
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup from 0 to lr")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="floor of the linear/cosine decay, as a fraction of lr")
 
 
 class LearnerConfig(Section):
     """The DeepSpeed learners: ``num_workers`` actors form one data-parallel world."""
 
-    num_workers: int = Field(2, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    num_workers: int = Field(2, ge=1, description="learner actors (data-parallel ranks)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     mini_batch_size: int = Field(32, ge=1, description="sequences per optimizer step (all ranks)")
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward pass, per rank")
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
-    grad_clip: float = Field(1.0, gt=0.0)
-    gradient_checkpointing: bool = False
+    grad_clip: float = Field(1.0, gt=0.0, description="clip the global gradient norm to this value")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)"
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     lora: LoraConfig = LoraConfig()
-    critic_init: Literal["policy", "reward_model"] = "policy"
+    critic_init: Literal["policy", "reward_model"] = Field(
+        "policy", description="ppo: start the critic from the policy (zero value head) or from the reward model"
+    )
 
 
 class KLConfig(Section):
@@ -241,6 +268,19 @@ class MonitorConfig(Section):
     kl_budget: float | None = Field(None, gt=0.0, description="alarm when kl/mean (nats/sequence) exceeds it")
 
 
+class EvalConfig(Section):
+    """Held-out evaluation during RL on the rollout engines at the current weights (rlhf_dist/evaluation.py)."""
+
+    every: int = Field(0, ge=0, description="evaluate at step 0, every N steps and at the end; 0 = off")
+    prompts: str | None = Field(
+        None, description="eval prompts in any form data.prompts takes (JSONL, Parquet, datasets dir, builtin:<task>)"
+    )
+    holdout: int = Field(0, ge=0, description="instead of eval.prompts: hold this many prompts out of data.prompts")
+    max_prompts: int = Field(64, ge=1, description="evaluate at most this many prompts (the first ones)")
+    samples_per_prompt: int = Field(1, ge=1, description="k: responses per prompt; eval/pass@k uses all k")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="sampling temperature; 0 = greedy")
+
+
 class RunConfig(Section):
     """A whole run."""
 
@@ -259,3 +299,4 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     monitor: MonitorConfig = MonitorConfig()
+    eval: EvalConfig = EvalConfig()

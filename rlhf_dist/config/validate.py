@@ -7,6 +7,7 @@ involved, the values seen and a way to fix it.
 from __future__ import annotations
 
 from rlhf_dist.config.schema import RunConfig
+from rlhf_dist.rewards.config_checks import component_problems
 
 # Head dims that vLLM's CPU attention is known to accept (STACK-NOTES: 16 was rejected, 64 works).
 VLLM_HEAD_DIMS = (64, 128)
@@ -14,7 +15,7 @@ VLLM_HEAD_DIMS = (64, 128)
 
 def validate_config(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
-    for check in (_batch_sizes, _algorithm, _kl, _lengths, _tiny_model, _reward, _placement):
+    for check in (_batch_sizes, _algorithm, _kl, _lengths, _tiny_model, _reward, _placement, _eval):
         problems.extend(check(cfg))
     return problems
 
@@ -115,21 +116,15 @@ def _tiny_model(cfg: RunConfig) -> list[str]:
 
 
 def _reward(cfg: RunConfig) -> list[str]:
+    """The scorer's own checks (rule names and args, required fields), run before any actor starts."""
     problems = []
     if not cfg.reward.components:
         problems.append("reward.components is empty; add at least one (type: rule|model|python|remote)")
     for i, comp in enumerate(cfg.reward.components):
-        where = f"reward.components.{i}"
-        if comp.type == "rule" and not comp.name:
-            problems.append(f"{where}: type 'rule' needs a name from the rule registry")
-        if comp.type == "model" and not comp.path:
-            problems.append(f"{where}: type 'model' needs path (a reward-model directory)")
-        if comp.type == "python" and (not comp.path or ":" not in comp.path):
-            problems.append(
-                f"{where}: type 'python' needs path as module:function, got {comp.path!r}"
-            )
-        if comp.type == "remote" and not comp.url:
-            problems.append(f"{where}: type 'remote' needs url (http://host:port/path)")
+        problems.extend(f"reward.components.{i}: {problem}" for problem in component_problems(comp))
+    gold = cfg.reward.gold_component()
+    if gold is not None:
+        problems.extend(f"reward.gold: {problem}" for problem in component_problems(gold))
     names = [c.name or c.path or c.url for c in cfg.reward.components]
     duplicates = sorted({n for n in names if names.count(n) > 1 and n})
     if duplicates:
@@ -177,5 +172,23 @@ def _colocation(cfg: RunConfig) -> list[str]:
             f"placement.colocate=true: placement.learner.num_gpus + placement.rollout.num_gpus = "
             f"{place.learner.num_gpus:g} + {place.rollout.num_gpus:g} = {share:g} shares of one GPU, more than 1; "
             "use fractions such as 0.5 and 0.5"
+        )
+    return problems
+
+
+def _eval(cfg: RunConfig) -> list[str]:
+    problems = []
+    if cfg.rollout.sampling.temperature == 0:
+        problems.append(
+            "rollout.sampling.temperature=0: training samples from the policy and needs a temperature > 0 "
+            "(greedy decoding is for eval.temperature)"
+        )
+    ev = cfg.eval
+    if ev.prompts is not None and ev.holdout:
+        problems.append(f"eval.prompts={ev.prompts!r} and eval.holdout={ev.holdout}: choose one source of eval prompts")
+    if ev.every and ev.prompts is None and not ev.holdout:
+        problems.append(
+            f"eval.every={ev.every} but no eval prompts: set eval.prompts (a file) or eval.holdout "
+            "(a number of prompts held out of data.prompts)"
         )
     return problems

@@ -30,6 +30,7 @@ def fake_driver(overrides, calls, monkeypatch):
     d.cfg = load_config(None, overrides)
     d.roles = SimpleNamespace(rollout=[Generator("g0", calls), Generator("g1", calls)])
     d.timings = {}
+    d.evaluator = SimpleNamespace(due=lambda step: False)
     d.state = SimpleNamespace(sampler=SimpleNamespace(next_batch=lambda n: list(range(n)), consumed=0),
                               kl_ctl=SimpleNamespace(value=0.1, update=lambda *a: None))
     batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4))

@@ -54,7 +54,7 @@ def test_overrides_parse_types():
 def test_unknown_key_suggests_the_right_one():
     assert "learner.zero_stag: unknown key; did you mean 'learner.zero_stage'?" in problems("learner.zero_stag=2")
     assert "did you mean 'learner.optimizer.lr'?" in problems("learner.lr=1e-5")
-    assert "did you mean 'rollout.sampling.temperature'?" in problems("temperatur=1")
+    assert "did you mean 'rollout.sampling.temperature'" in problems("temperatur=1")
 
 
 def test_wrong_type_and_range_name_path_value_and_allowed():

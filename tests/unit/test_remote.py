@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from rlhf_dist.experience import Experience, ExperienceShapeError, StepBatch
+from types import SimpleNamespace
+
+from rlhf_dist.experience import Experience, ExperienceShapeError, columns_of
 from rlhf_dist.remote import shard_sizes, shards
 
 
@@ -36,6 +38,6 @@ def test_uneven_experience_shards_rejoin_to_the_batch():
         exp.shards([3, 3])
 
 
-def test_step_batch_rows_cut_texts_and_columns_alike():
-    batch = StepBatch(_exp(3), ["p0", "p1", "p2"], ["r0", "r1", "r2"], {"answer": [1, 2, 3]})
-    assert batch.rows(1, 3) == (["p1", "p2"], ["r1", "r2"], {"answer": [2, 3]})
+def test_columns_of_rows_become_lists_in_row_order():
+    rows = [SimpleNamespace(columns={"answer": 1, "id": "a"}), SimpleNamespace(columns={"answer": 2})]
+    assert columns_of(rows) == {"answer": [1, 2], "id": ["a", None]}

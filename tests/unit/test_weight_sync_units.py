@@ -76,3 +76,9 @@ def test_probe_check_passes_within_tolerance_and_names_the_gap_past_it():
     assert verify_probe(learner, [[-1.0, -2.00005, -0.5], learner], 1e-4, 3) == pytest.approx(5e-5, abs=1e-6)
     with pytest.raises(WeightSyncError, match=r"after sync 3, .* differ .* by 1\.00e-02"):
         verify_probe(learner, [learner, [-1.01, -2.0, -0.5]], 1e-4, 3)
+
+
+def test_greedy_temperature_zero_leaves_the_logits_unscaled():
+    logits = torch.randn(3, 11)
+    got = _processed_logprobs(logits, SamplingConfig(temperature=0.0))
+    torch.testing.assert_close(got, torch.log_softmax(logits, -1))
