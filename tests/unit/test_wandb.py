@@ -170,6 +170,16 @@ def test_missing_wandb_is_a_clear_error(tmp_path, monkeypatch):
         MetricsLogger(tmp_path, tensorboard=False, progress=False, wandb=OFFLINE)
 
 
+def test_online_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, so no API key
+    for var in ("WANDB_API_KEY", "XDG_CONFIG_HOME", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    online = WandbConfig(enabled=True, mode="online")
+    with pytest.raises(UserError, match=r"wandb login.*logging\.wandb\.mode=offline"):
+        MetricsLogger(tmp_path / "run", tensorboard=False, progress=False, wandb=online)
+    assert "WANDB_CACHE_DIR" not in os.environ  # put back even though the run never started
+
+
 def test_disabled_wandb_is_never_imported(tmp_path):
     code = f"""
 import sys
