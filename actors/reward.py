@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 
 from actors.common import ComputeClock, computing
@@ -18,5 +20,8 @@ class RewardScorer(ComputeClock):
         self.reward = CompositeReward(cfg)
 
     @computing
-    def score(self, prompts: list[str], responses: list[str]) -> RewardResult:
-        return self.reward.score(prompts, responses)
+    def score(
+        self, prompts: list[str], responses: list[str], columns: dict[str, list[Any]] | None = None
+    ) -> RewardResult:
+        """Rewards of B samples; ``columns`` maps each dataset column to its B values (row order)."""
+        return self.reward.score(prompts, responses, columns)

@@ -1,7 +1,10 @@
-"""Rewards: rules, the composite's weighted sum and checks, python, remote and model components."""
+"""Rewards: the composite's weighted sum and checks, the gold score, python components called with
+the row columns, remote components sent them, and reward models. Rules: test_reward_rules.py."""
 
+import datetime
 import json
 import math
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from rlhf_dist import rewards
 from rlhf_dist.config.schema import RewardComponent, RewardConfig
 from rlhf_dist.errors import UserError
 from rlhf_dist.rewards import (
@@ -17,11 +19,10 @@ from rlhf_dist.rewards import (
     RemoteReward,
     RewardError,
     RewardModel,
-    get_rule,
     load_python_function,
     register_rule,
-    rule_names,
 )
+from rlhf_dist.rewards import rules
 
 
 def composite(*components, **kwargs) -> CompositeReward:
@@ -30,57 +31,6 @@ def composite(*components, **kwargs) -> CompositeReward:
 
 def rule(name, weight=1.0) -> RewardComponent:
     return RewardComponent(type="rule", name=name, weight=weight)
-
-
-# ----------------------------------------------------------------------------- rules
-
-
-@pytest.fixture
-def scratch_registry(monkeypatch):
-    """Rules a test registers vanish when it ends."""
-    monkeypatch.setattr(rewards, "_RULES", dict(rewards._RULES))
-
-
-@pytest.mark.parametrize(
-    "response, expected",
-    [
-        ("", 0.0),
-        ("   \n\t", 0.0),
-        ("aaaa", 1.0),
-        ("a b", 0.5),  # the space is ignored: 1 of 2 visible characters
-        ("banana", 0.5),  # 3 a's in 6
-        ("Aa a", 2 / 3),  # capital A is not "a"
-        ("xyz", 0.0),
-    ],
-)
-def test_letters_rule_on_hand_worked_strings(response, expected):
-    assert get_rule("letters")("ignored prompt", response) == pytest.approx(expected)
-
-
-def test_length_rule_counts_words_and_caps_at_one():
-    length = get_rule("length")
-    assert length("p", "one two three") == pytest.approx(0.3)
-    assert length("p", "") == 0.0
-    assert length("p", " ".join(["w"] * 25)) == 1.0
-
-
-def test_registry_lists_builtins_and_accepts_new_rules(scratch_registry):
-    assert {"letters", "length"} <= set(rule_names())
-
-    @register_rule("test_const_two")
-    def two(prompt: str, response: str) -> float:
-        return 2.0
-
-    assert get_rule("test_const_two") is two
-    with pytest.raises(ValueError, match="already registered"):
-        register_rule("letters")(lambda p, r: 0.0)
-
-
-def test_unknown_rule_suggests_a_name_and_lists_the_registry():
-    with pytest.raises(UserError) as info:
-        get_rule("leters")
-    message = str(info.value)
-    assert "'leters'" in message and "did you mean 'letters'?" in message and "length" in message
 
 
 # ----------------------------------------------------------------------------- the composite
@@ -109,6 +59,12 @@ def test_gold_is_scored_separately_and_clip_applies_to_total():
 def test_repeated_label_is_rejected():
     with pytest.raises(UserError, match="more than once"):
         composite(rule("letters"), rule("letters"))
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Rules a test registers vanish when it ends."""
+    monkeypatch.setattr(rules, "_RULES", dict(rules._RULES))
 
 
 def test_raising_rule_names_the_rule_and_sample(scratch_registry):
@@ -143,8 +99,25 @@ def user_module(tmp_path, monkeypatch):
         "def boom(prompts, responses):\n"
         "    raise RuntimeError('reward server down')\n"
         "NOT_A_FUNCTION = 3\n"
+        "SEEN = []  # the keyword arguments of each call, for the tests to read\n"
+        "def correct(prompts, responses, answer):\n"
+        "    SEEN.append({'answer': answer})\n"
+        "    return [float(r.strip() == a) for r, a in zip(responses, answer)]\n"
+        "def sees_all(prompts, responses, **columns):\n"
+        "    SEEN.append(columns)\n"
+        "    return [0.0] * len(responses)\n"
+        "def takes_none(prompts, responses):\n"
+        "    return [1.0] * len(responses)\n"
+        "def renamed(p, r, *, tag='none', **rest):\n"
+        "    SEEN.append({'tag': tag, **rest})\n"
+        "    return [0.0] * len(r)\n"
+        "def needs_label(prompts, responses, label, weight=1.0):\n"
+        "    return [weight] * len(responses)\n"
+        "def one_argument(responses):\n"
+        "    return [0.0] * len(responses)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)  # each test imports its own copy
     return "my_rewards"
 
 
@@ -157,6 +130,68 @@ def test_python_component_is_called_batched(user_module):
     torch.testing.assert_close(result.components["per_length"], torch.tensor([3.0, 1.0]))
     torch.testing.assert_close(result.total, torch.tensor([4.5, 1.5]))
     assert set(result.components) == {"per_length", "len2"}
+
+
+COLUMNS = {
+    "answer": ["4", "5", "6"],
+    "level": [1, 2, 3],
+    "prompts": ["shadowed"] * 3,  # a column named like a positional argument is never passed
+    "responses": ["shadowed"] * 3,
+    "two words": ["x"] * 3,  # not an identifier: no keyword argument can carry it
+    "1st": ["y"] * 3,
+    "p": ["z"] * 3,
+}
+
+
+def python(user_module, function, **kwargs) -> RewardComponent:
+    return RewardComponent(type="python", path=f"{user_module}:{function}", **kwargs)
+
+
+def test_python_component_gets_the_columns_it_names(user_module):
+    result = composite(python(user_module, "correct")).score(["q"] * 3, ["4", " 4 ", "6"], COLUMNS)
+    assert result.total.tolist() == [1.0, 0.0, 1.0]  # right only where the label reached it
+    assert sys.modules[user_module].SEEN == [{"answer": ["4", "5", "6"]}]
+
+
+def test_python_component_with_kwargs_gets_every_identifier_column(user_module):
+    composite(python(user_module, "sees_all")).score(["q"] * 3, ["a", "b", "c"], COLUMNS)
+    assert sys.modules[user_module].SEEN == [{"answer": ["4", "5", "6"], "level": [1, 2, 3], "p": ["z"] * 3}]
+
+
+def test_python_component_passes_no_column_into_its_positional_names(user_module):
+    composite(python(user_module, "renamed")).score(["q"] * 3, ["a", "b", "c"], {**COLUMNS, "tag": [0, 1, 2]})
+    assert sys.modules[user_module].SEEN == [{"tag": [0, 1, 2], "answer": ["4", "5", "6"], "level": [1, 2, 3]}]
+
+
+def test_python_component_without_column_parameters_still_works(user_module):
+    reward = composite(python(user_module, "takes_none"))
+    assert reward.score(["q"] * 3, ["a", "b", "c"], COLUMNS).total.tolist() == [1.0] * 3
+    assert reward.score(["q"], ["a"]).total.tolist() == [1.0]  # and with no columns at all
+
+
+def test_python_component_missing_a_required_column_says_which(user_module):
+    with pytest.raises(RewardError) as info:
+        composite(python(user_module, "needs_label")).score(["q"], ["a"], {"answer": ["1"]})
+    message = str(info.value)
+    assert "'needs_label'" in message and "['label']" in message and "['answer']" in message
+    assert "give those parameters defaults" in message
+    with pytest.raises(UserError, match=r"one_argument.*must take \(prompts, responses, \*\*columns\)"):
+        composite(python(user_module, "one_argument"))
+
+
+def test_columns_of_the_wrong_length_are_refused():
+    with pytest.raises(ValueError, match=r"one value per sample \(2\).*'answer': 1"):
+        composite(rule("letters")).score(["p", "p"], ["a", "b"], {"answer": ["1"]})
+
+
+def test_gold_can_be_a_component_mapping(user_module):
+    cfg = RewardConfig(components=[rule("letters")], gold={"type": "python", "path": f"{user_module}:correct"})
+    result = CompositeReward(cfg).score(["q"] * 3, ["4", "aaa", "6"], COLUMNS)
+    torch.testing.assert_close(result.gold, torch.tensor([1.0, 0.0, 1.0]))
+    torch.testing.assert_close(result.total, torch.tensor([0.0, 1.0, 0.0]))  # the gold is not trained on
+    assert set(result.components) == {"letters"}
+    with pytest.raises(RewardError, match="reward component 'gold' .*returned shape"):
+        CompositeReward(RewardConfig(gold={"type": "python", "path": f"{user_module}:too_short"})).score(["q"] * 2, ["a", "b"])
 
 
 @pytest.mark.parametrize(
@@ -192,14 +227,20 @@ def test_load_python_function_errors(user_module):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Answers per path: /good (1 per char), /garbage, /short, /slow (sleeps past the timeout)."""
+    """Answers per path: /columns (checks the answer column), /good (1 per char), /garbage, /short,
+    /big, /flaky (two 503s, then an answer), anything else sleeps past the timeout."""
 
     hits: dict[str, int] = {}
+    requests: list[dict] = []  # bodies POSTed to /columns
 
     def do_POST(self):
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/good":
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))  # strict: no NaN
+        if self.path == "/columns":  # 1 where the response is the row's answer
+            self.requests.append(request)
+            answers = request["columns"].get("answer", [None] * len(request["responses"]))
+            body = json.dumps({"rewards": [float(r == a) for r, a in zip(request["responses"], answers)]}).encode()
+        elif self.path == "/good":
             body = json.dumps({"rewards": [len(r) for r in request["responses"]]}).encode()
         elif self.path == "/garbage":
             body = b"<html>oops</html>"
@@ -243,6 +284,39 @@ def test_remote_good_answer(server):
     result = reward.score(["p", "p"], ["abc", ""])
     torch.testing.assert_close(result.components["remote"], torch.tensor([3.0, 0.0]))
     torch.testing.assert_close(result.total, torch.tensor([6.0, 0.0]))
+
+
+def test_remote_body_carries_the_columns(server):
+    class Opaque:
+        def __str__(self):
+            return "opaque!"
+
+    columns = {
+        "answer": ["4", "5"],
+        "when": [datetime.date(2024, 5, 1), None],  # not JSON: sent as str()
+        "score": [math.nan, 1.5],  # strict JSON has no NaN: sent as "nan"
+        "meta": [{"k": Opaque()}, [1, (2, 3)]],
+        "vector": [torch.tensor([1, 2]), torch.tensor(3.5)],  # tensors and arrays as lists
+    }
+    reward = composite(RewardComponent(type="remote", name="judge", url=f"{server}/columns"))
+    _Handler.requests.clear()
+    result = reward.score(["p1", "p2"], ["4", "4"], columns)
+    assert result.total.tolist() == [1.0, 0.0]
+    assert _Handler.requests == [
+        {
+            "prompts": ["p1", "p2"],
+            "responses": ["4", "4"],
+            "columns": {
+                "answer": ["4", "5"],
+                "when": ["2024-05-01", None],
+                "score": ["nan", 1.5],
+                "meta": [{"k": "opaque!"}, [1, [2, 3]]],
+                "vector": [[1, 2], 3.5],
+            },
+        }
+    ]
+    reward.score(["p"], ["r"])  # without columns: an empty object, same shape of body
+    assert _Handler.requests[-1]["columns"] == {}
 
 
 def test_remote_garbage_answer_is_a_reward_error(server):
@@ -317,15 +391,3 @@ def test_reward_model_scores_match_an_unpadded_forward(tmp_path):
 def test_missing_reward_model_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot load"):
         RewardModel(str(tmp_path / "nope"))
-
-
-def test_importing_rewards_loads_no_distributed_stack():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, rlhf_dist.rewards, rlhf_dist.models;"
-        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'vllm', 'deepspeed'})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"rlhf_dist.rewards pulled in: {out.stdout.strip()}"
