@@ -89,8 +89,8 @@ def _build(where: str, spec: RewardComponent, cfg: RewardConfig, label: str | No
     if problems:
         raise UserError(f"{where}: " + "; ".join(problems))
     if spec.type == "rule":
-        source = f"rule {spec.name!r}"
-        return _Component(label or spec.name, source, _per_sample(spec.name, bind_rule(spec.name, spec.args)), spec.weight)
+        fn = _per_sample(spec.name, bind_rule(spec.name, spec.args))
+        return _Component(label or spec.name, f"rule {spec.name!r}", fn, spec.weight)
     if spec.type == "python":
         name = spec.name or spec.path.partition(":")[2]
         fn = with_columns(load_python_function(spec.path), f"python reward {name!r} ({spec.path})")

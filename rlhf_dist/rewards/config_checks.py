@@ -22,7 +22,7 @@ def component_problems(spec: RewardComponent) -> list[str]:
     """
     problems = []
     if spec.args and spec.type != "rule":
-        problems.append(f"args sets rule settings, but type is {spec.type!r}; remove args (only type 'rule' takes them)")
+        problems.append(f"args holds rule settings, but type is {spec.type!r}; remove it (only type 'rule' takes them)")
     if spec.type == "rule":
         if not spec.name:
             problems.append(f"type 'rule' needs name, one of: {', '.join(rule_names())}")

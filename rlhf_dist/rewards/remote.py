@@ -18,9 +18,10 @@ class RemoteReward:
     """Scores a batch by POSTing ``{"prompts": [...], "responses": [...], "columns": {...}}``.
 
     ``columns`` maps every dataset column's name to its B values; a value JSON cannot hold (a
-    date, NaN, an object) is sent as its ``str()``. The server answers ``{"rewards": [B floats]}``. Timeouts, refused connections and 5xx answers
-    are retried ``retries`` times after the first attempt, waiting ``backoff_s * 2**k`` seconds
-    before retry ``k``; then, or on any other bad answer, :class:`RewardError`.
+    date, NaN, an object) is sent as its ``str()``. The server answers ``{"rewards": [B floats]}``.
+    Timeouts, refused connections and 5xx answers are retried ``retries`` times after the first
+    attempt, waiting ``backoff_s * 2**k`` seconds before retry ``k``; then, or on any other bad
+    answer, :class:`RewardError`.
     """
 
     def __init__(

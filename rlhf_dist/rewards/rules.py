@@ -141,7 +141,9 @@ def _takes_row(name: str, fn: RuleFn) -> bool:
         return True
     positional = [p for p in params if p.kind in _POSITIONAL]
     if len(positional) < 2:
-        raise TypeError(f"reward rule {name!r} must take (prompt, response[, row]), got {fn.__name__}{inspect.signature(fn)}")
+        raise TypeError(
+            f"reward rule {name!r} must take (prompt, response[, row]); its signature is {inspect.signature(fn)}"
+        )
     return len(positional) >= 3
 
 
@@ -163,7 +165,7 @@ def _type_problem(param: inspect.Parameter, value: Any) -> str | None:
         return None
     if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
         return None
-    return f"a {expected.__name__}"
+    return f"{'an' if expected is int else 'a'} {expected.__name__}"
 
 
 def _describe(params: Mapping[str, inspect.Parameter]) -> str:

@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from rlhf_dist.config import ConfigError, load_config
+from rlhf_dist.config import ConfigError, dump_config, load_config
 from rlhf_dist.config.schema import RewardComponent, RewardConfig
 from rlhf_dist.errors import UserError
 from rlhf_dist.rewards import CompositeReward, RewardError, get_rule, register_rule, rule_names
@@ -200,8 +200,8 @@ def test_extract_and_reference_answer():
 
 
 def test_exact_match_strips_but_is_otherwise_exact():
-    got = scores(rule("exact_match"), ["  Paris\n", "paris", "Paris, France", "42"], answer=["Paris ", "Paris", "Paris", 42])
-    assert got == [1.0, 0.0, 0.0, 1.0]
+    responses = ["  Paris\n", "paris", "Paris, France", "42"]
+    assert scores(rule("exact_match"), responses, answer=["Paris ", "Paris", "Paris", 42]) == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_format_rule_searches_or_full_matches():
@@ -235,18 +235,35 @@ def problems(*overrides: str) -> str:
     return "\n".join(info.value.problems)
 
 
+def components(text: str) -> str:
+    return f"reward.components=[{text}]"
+
+
 @pytest.mark.parametrize(
     "overrides, fragments",
     [
-        (["reward.components=[{type: rule, name: maths}]"], ["reward.components.0", "unknown reward rule 'maths'", "did you mean 'math'"]),
-        (["reward.components=[{type: rule, name: format, args: {pattern: '(unclosed'}}]"], ["'(unclosed'", "not a valid regular expression"]),
-        (["reward.components=[{type: rule, name: format}]"], ["'format' needs args.pattern", "full_match (bool, default False)"]),
-        (["reward.components=[{type: rule, name: math, args: {answer_col: x}}]"], ["no setting args.answer_col", "did you mean 'answer_key'", "answer_key (str, default 'answer')"]),
-        (["reward.components=[{type: rule, name: math, args: {answer_key: 3}}]"], ["args.answer_key must be a str, got 3"]),
-        (["reward.components=[{type: rule, name: letters, args: {x: 1}}]"], ["'letters' has no setting args.x", "it takes no args"]),
-        (["reward.components=[{type: python, path: 'm:f', args: {x: 1}}]"], ["only type 'rule' takes them"]),
+        (
+            [components("{type: rule, name: maths}")],
+            ["reward.components.0", "unknown reward rule 'maths'", "did you mean 'math'"],
+        ),
+        (
+            [components("{type: rule, name: format, args: {pattern: '(unclosed'}}")],
+            ["'(unclosed'", "not a valid regular expression"],
+        ),
+        (
+            [components("{type: rule, name: format}")],
+            ["'format' needs args.pattern", "pattern (str, required)", "full_match (bool, default False)"],
+        ),
+        (
+            [components("{type: rule, name: math, args: {answer_col: x}}")],
+            ["no setting args.answer_col", "did you mean 'answer_key'", "answer_key (str, default 'answer')"],
+        ),
+        ([components("{type: rule, name: math, args: {answer_key: 3}}")], ["args.answer_key must be a str, got 3"]),
+        ([components("{type: rule, name: format, args: {pattern: x, full_match: 1}}")], ["must be a bool, got 1"]),
+        ([components("{type: rule, name: letters, args: {x: 1}}")], ["'letters' has no setting args.x", "no args"]),
+        ([components("{type: python, path: 'm:f', args: {x: 1}}")], ["only type 'rule' takes them"]),
         (["reward.gold=lettrs"], ["reward.gold: unknown reward rule 'lettrs'"]),
-        (["reward.gold={type: rule, name: format, args: {pattern: '['}}"], ["reward.gold:", "not a valid regular expression"]),
+        (["reward.gold={type: rule, name: format, args: {pattern: '['}}"], ["reward.gold:", "not a valid regular"]),
         (["reward.gold={type: remote, url: 'ftp://x'}"], ["reward.gold: type 'remote' needs url as http://"]),
     ],
 )
@@ -256,7 +273,7 @@ def test_bad_rule_config_is_a_config_error_before_any_actor(overrides, fragments
         assert fragment in message, (fragment, message)
 
 
-def test_good_rule_config_validates_and_builds():
+def test_good_rule_config_validates_builds_and_round_trips(tmp_path):
     cfg = load_config(
         None,
         [
@@ -267,6 +284,9 @@ def test_good_rule_config_validates_and_builds():
     result = CompositeReward(cfg.reward).score(["p", "p"], ["#### 5", "5"], {"label": ["5", "6"]})
     torch.testing.assert_close(result.total, torch.tensor([0.1, 0.0]))
     torch.testing.assert_close(result.gold, torch.tensor([1.0, 0.0]))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(saved).reward == cfg.reward  # `config show` output loads back unchanged
 
 
 def test_importing_rewards_loads_no_distributed_stack_and_config_checks_no_torch():

@@ -191,7 +191,7 @@ def test_gold_can_be_a_component_mapping(user_module):
     torch.testing.assert_close(result.total, torch.tensor([0.0, 1.0, 0.0]))  # the gold is not trained on
     assert set(result.components) == {"letters"}
     with pytest.raises(RewardError, match="reward component 'gold' .*returned shape"):
-        CompositeReward(RewardConfig(gold={"type": "python", "path": f"{user_module}:too_short"})).score(["q"] * 2, ["a", "b"])
+        composite(rule("letters"), gold={"type": "python", "path": f"{user_module}:too_short"}).score(["q"] * 2, ["a", "b"])
 
 
 @pytest.mark.parametrize(
