@@ -118,8 +118,8 @@ class RewardConfig(Section):
     )
     gold: str | RewardComponent | None = Field(
         None,
-        description="a rule name, or a component ({type, name, path, url, args}) scored on every sample, "
-        "logged as reward/gold_mean but not trained on",
+        description="a rule name, module:function, or a component ({type, name, path, url, args}) scored on "
+        "every sample, logged as reward/gold_mean but not trained on",
     )
     clip: float | None = Field(None, gt=0.0, description="clip the summed reward to [-clip, clip]")
     timeout_s: float = Field(30.0, gt=0.0, description="remote components: seconds per request")
@@ -129,8 +129,13 @@ class RewardConfig(Section):
     num_workers: int = Field(1, ge=1, description="reward scorer actors; each scores a shard of the batch")
 
     def gold_component(self) -> RewardComponent | None:
-        """``gold`` as a component: a rule name stands for ``{type: rule, name: <it>}``."""
-        return RewardComponent(type="rule", name=self.gold) if isinstance(self.gold, str) else self.gold
+        """``gold`` as a component: ``module:function`` stands for ``{type: python, path: <it>}``,
+        any other string for ``{type: rule, name: <it>}``."""
+        if not isinstance(self.gold, str):
+            return self.gold
+        if ":" in self.gold:
+            return RewardComponent(type="python", path=self.gold)
+        return RewardComponent(type="rule", name=self.gold)
 
 
 class ReferenceConfig(Section):

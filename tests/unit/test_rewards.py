@@ -190,6 +190,8 @@ def test_gold_can_be_a_component_mapping(user_module):
     torch.testing.assert_close(result.gold, torch.tensor([1.0, 0.0, 1.0]))
     torch.testing.assert_close(result.total, torch.tensor([0.0, 1.0, 0.0]))  # the gold is not trained on
     assert set(result.components) == {"letters"}
+    short = composite(rule("letters"), gold=f"{user_module}:correct")  # module:function alone means python
+    torch.testing.assert_close(short.score(["q"] * 3, ["4", "aaa", "6"], COLUMNS).gold, result.gold)
     with pytest.raises(RewardError, match="reward component 'gold' .*returned shape"):
         composite(rule("letters"), gold={"type": "python", "path": f"{user_module}:too_short"}).score(["q"] * 2, ["a", "b"])
 
