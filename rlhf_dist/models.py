@@ -42,17 +42,69 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
-    """A Hugging Face causal LM from a directory or hub name, in ``dtype``."""
-    from transformers import AutoModelForCausalLM
+    """A Hugging Face causal LM from a directory or hub name, in ``dtype``, with dropout off.
+
+    Every dropout probability in the model config is set to 0 before the model is built (as
+    OpenRLHF does), so a learner in train mode computes the same log-probs as the rollout and
+    the reference: the first PPO ratio is exactly 1.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if not Path(str(path)).exists() and str(path).startswith(("/", ".")):
         raise UserError(f"model directory {str(path)!r} does not exist; check model.path")
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), config=_zero_config_dropout(config), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
     except OSError as exc:
         raise UserError(f"cannot load a causal LM from {str(path)!r}: {exc}") from None
+    return disable_dropout(model)
+
+
+def _is_dropout_field(name: str, value) -> bool:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and ("dropout" in name or name.endswith("pdrop"))
+
+
+def _zero_config_dropout(config):
+    """Set every dropout probability of a transformers config (and its sub-configs) to 0."""
+    from transformers import PretrainedConfig
+
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_dropout(value)
+        elif _is_dropout_field(name, value):
+            setattr(config, name, 0.0)
+    return config
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch dropout off in an already built model: ``nn.Dropout`` modules, the float dropout
+    rates attention modules copy from the config at build time, and the config itself.
+
+    For models loaded elsewhere (the PPO critic, the reward model) and as a backstop for
+    architectures that hard-code a rate; returns ``model``.
+    """
+    from torch.nn.modules.dropout import _DropoutNd
+
+    for module in model.modules():
+        if isinstance(module, _DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _is_dropout_field(name, value):
+                setattr(module, name, 0.0)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            _zero_config_dropout(config)
+    return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations during backward (transformers checkpoints only
+    in train mode). Non-reentrant checkpointing needs no input that requires grad, so it also
+    works under peft LoRA, where the embeddings are frozen."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def response_logprobs(
@@ -77,7 +129,9 @@ def response_logprobs(
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1).long()
     # Left padding shifts the positions of every real token; give each its true position.
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    # No KV cache: it is never reused here, and it would keep every layer's keys and values alive,
+    # undoing gradient checkpointing.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
     prompt_len, resp_len = prompt_ids.shape[1], response_ids.shape[1]
     # The logits at position P + t - 1 predict response token t.
     logits = logits[:, prompt_len - 1 : prompt_len - 1 + resp_len].float() / temperature
