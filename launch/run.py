@@ -112,7 +112,7 @@ def train(
         show_progress = (cfg.logging.progress_bar if progress is None else progress) and sys.stderr.isatty()
         with MetricsLogger(
             run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps,
-            step_lines=not show_progress,
+            step_lines=not show_progress, wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json"),
         ) as metrics:
             driver = Driver(
                 cfg, roles, train_prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir,

@@ -21,7 +21,7 @@ from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.remote import gather
 from rlhf_dist.errors import UserError
-from rlhf_dist.stage_data import Examples, preference_examples, read_rows, sft_examples
+from rlhf_dist.stage_data import Examples, load_rows, preference_examples, sft_examples
 
 
 @dataclass
@@ -54,7 +54,7 @@ def run_stage(
     if rows is None:
         if cfg.data.path is None:
             raise UserError(f"rlhf-dist {kind} needs data.path (JSONL, Parquet or a datasets directory)")
-        rows = read_rows(cfg.data.path, cfg.data.format)
+        rows = load_rows(cfg.data)
     make = sft_examples if kind == "sft" else preference_examples
     if eval_rows is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_fraction": 0.0})})
@@ -67,7 +67,8 @@ def run_stage(
     workers = []
     try:
         workers = _start_workers(kind, cfg, model_path, tokenizer.pad_token_id)
-        with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False) as metrics:
+        with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False,
+                           wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json")) as metrics:
             result = _train(kind, cfg, workers, examples, metrics)
             result.model_dir = run_dir / "model"
             gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")

@@ -269,6 +269,9 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     """
     if not records:
         return "no metrics logged"
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    # The final eval is a row of its own (step = steps, only eval/* keys): not a training step.
+    records = [r for r in records if any(not k.startswith("eval/") and k != "step" for k in r)] or records
     steps = [r["step"] for r in records]
     gold_key = "reward/gold_mean" if _values(records, "reward/gold_mean") else "reward/mean"
     trend_rows = []
@@ -300,5 +303,10 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     if trend_rows:
         lines += _table(["metric", f"first {window}", f"last {window}", "change"], trend_rows) + [""]
     if overall_rows:
-        lines += _table(["over the run", "value"], overall_rows)
+        lines += _table(["over the run", "value"], overall_rows) + [""]
+    if evals:
+        first, last = evals[0], evals[-1]
+        keys = [k for k in first if k.startswith("eval/") and isinstance(last.get(k), (int, float))]
+        rows = [[k, _fmt(first[k]), _fmt(last[k]), f"{last[k] - first[k]:+.3f}"] for k in keys]
+        lines += _table(["eval", f"step {first['step']}", f"step {last['step']}", "change"], rows)
     return "\n".join(lines).rstrip() + "\n"

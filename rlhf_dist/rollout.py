@@ -89,6 +89,16 @@ class VLLMEngine:
             self.asleep = False
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
+        if torch.cuda.is_available():
+            return self._generate(requests, sampling)
+        # vLLM's CPU build cannot rewind a seeded request's generator when the scheduler splits a
+        # prefill over steps ("CPU Generator does not use offset"), which happens once the prompts
+        # of one call exceed a step's token budget. Calls whose prompts fit in one step never split.
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        return [s for part in prefill_batches(requests, sched.max_num_seqs, sched.max_num_batched_tokens)
+                for s in self._generate(part, sampling)]
+
+    def _generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
         from vllm import SamplingParams
 
         params = [
@@ -231,6 +241,23 @@ def _processed_logprobs(logits: torch.Tensor, sampling: SamplingConfig) -> torch
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.log_softmax(logits, dim=-1)
+
+
+def prefill_batches(requests: list[Request], max_seqs: int, max_tokens: int) -> list[list[Request]]:
+    """Consecutive runs of ``requests`` with at most ``max_seqs`` requests and ``max_tokens`` prompt
+    tokens each (a prompt longer than ``max_tokens`` alone gets a run of its own)."""
+    batches: list[list[Request]] = []
+    current: list[Request] = []
+    tokens = 0
+    for r in requests:
+        if current and (len(current) == max_seqs or tokens + len(r.prompt_ids) > max_tokens):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(r)
+        tokens += len(r.prompt_ids)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def make_engine(model_path: str, cfg: RunConfig, seed: int) -> VLLMEngine | HFEngine:

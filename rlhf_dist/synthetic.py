@@ -43,3 +43,28 @@ def preference_pairs(n: int, seed: int, label_noise: float = 0.1, min_gap: float
             chosen, rejected = rejected, chosen
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
+
+
+# ----------------------------------------------------------------------------- arithmetic (RLVR)
+
+
+def arithmetic_split(low: int, high: int, test_size: int, seed: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Every problem ``a+b`` with a, b in [low, high], split at random into disjoint train and test
+    sets (``test_size`` problems held out): the test split measures generalisation, not recall."""
+    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
+    if not 0 < test_size < len(pairs):
+        raise ValueError(f"test_size must be in 1..{len(pairs) - 1}, got {test_size}")
+    random.Random(seed).shuffle(pairs)
+    return pairs[test_size:], pairs[:test_size]
+
+
+def arithmetic_rows(pairs: list[tuple[int, int]], with_answer_message: bool) -> list[dict]:
+    """Chat rows ``{messages: [user "a+b="(, assistant "s")], answer: "s"}``: prompts for RL and
+    eval (the `math` rule compares the response with ``answer``), or worked demonstrations for SFT."""
+    rows = []
+    for a, b in pairs:
+        messages = [{"role": "user", "content": f"{a}+{b}="}]
+        if with_answer_message:
+            messages.append({"role": "assistant", "content": str(a + b)})
+        rows.append({"messages": messages, "answer": str(a + b)})
+    return rows

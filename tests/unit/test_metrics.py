@@ -143,6 +143,16 @@ def test_summary_table_numbers():
     assert len({len(line) for line in first_table}) == 1
 
 
+def test_summary_table_shows_the_first_and_last_eval_and_skips_the_eval_only_row():
+    records = make_records()
+    records[0]["eval/pass@1"], records[9]["eval/pass@1"] = 0.25, 0.30
+    records.append({"step": 21, "eval/pass@1": 0.45})  # the final eval: a row of its own
+    table = summary_table(records)
+    assert row(table, "eval/pass@1") == ["eval/pass@1", "0.250", "0.450", "+0.200"]
+    assert "step 1" in table and "step 21" in table
+    assert table.splitlines()[0].startswith("20 steps logged (1-20)")
+
+
 def test_summary_table_falls_back_to_reward_without_gold():
     table = summary_table(make_records(gold=False), window=5)
     assert row(table, "reward (reward/mean)")[2:5] == ["0.200", "0.800", "4.0x"]

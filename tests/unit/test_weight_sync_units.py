@@ -82,3 +82,12 @@ def test_greedy_temperature_zero_leaves_the_logits_unscaled():
     logits = torch.randn(3, 11)
     got = _processed_logprobs(logits, SamplingConfig(temperature=0.0))
     torch.testing.assert_close(got, torch.log_softmax(logits, -1))
+
+
+def test_prefill_batches_respect_sequence_and_token_budgets_and_keep_order():
+    from rlhf_dist.rollout import Request, prefill_batches
+
+    reqs = [Request(i, 0, [1] * n, 0) for i, n in enumerate([3, 3, 3, 9, 1, 1, 1])]
+    batches = prefill_batches(reqs, max_seqs=2, max_tokens=6)
+    assert [[r.prompt_index for r in b] for b in batches] == [[0, 1], [2], [3], [4, 5], [6]]
+    assert [r for b in batches for r in b] == reqs
