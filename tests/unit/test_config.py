@@ -108,3 +108,13 @@ def test_file_then_overrides(tmp_path):
     path.write_text(yaml.safe_dump({"name": "mine", "steps": 3, "learner": {"num_workers": 1}}))
     cfg = load_config(path, ["steps=7"])
     assert (cfg.name, cfg.steps, cfg.learner.num_workers) == ("mine", 7, 1)
+
+
+def test_the_gsm8k_example_is_a_valid_rlvr_config():
+    from pathlib import Path
+
+    cfg = load_config(str(Path(__file__).parents[2] / "examples" / "gsm8k.yaml"))
+    assert cfg.algorithm.name == "grpo" and cfg.data.apply_chat_template
+    assert [(c.type, c.name, c.args) for c in cfg.reward.components] == [("rule", "math", {"answer_key": "answer"})]
+    assert cfg.eval.every > 0 and cfg.eval.prompts.endswith("test.parquet")
+    assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct"
