@@ -1,6 +1,8 @@
 """The driver: one RL step as named phases, read top to bottom.
 
-    generate -> score -> reference -> values -> advantages -> train -> sync
+    [eval] -> generate -> score -> reference -> values -> advantages -> train -> sync
+
+(eval, on the held-out prompts, at step 0, every ``eval.every`` steps and after the last step.)
 
 It works on actor handles that `launch` creates (any objects with the same remote methods), moves
 `Experience` batches between them, and keeps the generators' weights equal to the learner's
@@ -67,7 +69,7 @@ class Driver:
         )
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
                                cfg.rollout.tensor_parallel_size, cfg.model.dtype)
-        self.evaluator = Evaluator(cfg, eval_prompts or [], roles, run_dir)
+        self.evaluator = Evaluator(cfg, eval_prompts or [], roles, run_dir, metrics)
         self.ray_metrics = RayMetricsExporter(cfg.name)
         self.timings: dict[str, float] = {}
         self.records: list[dict[str, float]] = []

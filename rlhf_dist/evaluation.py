@@ -75,8 +75,8 @@ def split_holdout(prompts: list[Prompt], holdout: int, seed: int) -> tuple[list[
 class Evaluator:
     """Runs `eval` at the steps it is due, on the run's rollout and reward actors."""
 
-    def __init__(self, cfg: RunConfig, prompts: list[Prompt], roles: Roles, run_dir: Path | None):
-        self.cfg, self.roles = cfg, roles
+    def __init__(self, cfg: RunConfig, prompts: list[Prompt], roles: Roles, run_dir: Path | None, metrics=None):
+        self.cfg, self.roles, self.metrics = cfg, roles, metrics
         self.prompts = prompts[: cfg.eval.max_prompts]
         self.sampling = SamplingConfig(
             temperature=cfg.eval.temperature, max_new_tokens=cfg.rollout.sampling.max_new_tokens
@@ -117,11 +117,13 @@ class Evaluator:
         return metrics
 
     def write_samples(self, step: int, prompts: list[str], samples: list[Any], total, gold) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a", encoding="utf-8") as out:
-            for i, (prompt, sample) in enumerate(zip(prompts, samples)):
-                row = {"step": step, "prompt": prompt, "response": sample.text, "reward": float(total[i])}
-                if gold is not None:
-                    row["gold"] = float(gold[i])
-                out.write(json.dumps(row) + "\n")
+        rows = []
+        for i, (prompt, sample) in enumerate(zip(prompts, samples)):
+            rows.append({"step": step, "prompt": prompt, "response": sample.text, "reward": float(total[i])})
+            if gold is not None:
+                rows[-1]["gold"] = float(gold[i])
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.writelines(json.dumps(row) + "\n" for row in rows)
+        if self.metrics is not None:  # a table for the sinks that show tables (W&B)
+            self.metrics.log_table("eval_samples", step, rows)
