@@ -33,18 +33,23 @@ def init_learner_world(rank: int, world_size: int, master_addr: str, master_port
     return backend
 
 
-def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_size: int):
+def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_size: int, schedule=None):
     """A DeepSpeed engine for ``model`` with a plain AdamW client optimizer.
 
     ``learner`` is a LearnerConfig: ZeRO stage, micro/mini batch sizes (gradient accumulation is
-    mini / (micro x world)), gradient clipping. Dropout is switched off (eval mode): log-probs
-    computed for training must equal those computed for sampling and reference.
+    mini / (micro x world)), gradient clipping. ``schedule`` (an `rlhf_dist.schedule.LRSchedule`)
+    scales ``lr``; DeepSpeed steps it after each applied optimizer step and checkpoints its state.
+    The engine starts in eval mode; callers switch to train mode around their updates (dropout
+    is already 0 in the model, so the mode only decides whether gradient checkpointing runs).
     """
     import deepspeed
+
+    from rlhf_dist.schedule import lr_scheduler
 
     opt = learner.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = SkippingAdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    scheduler = lr_scheduler(optimizer, schedule) if schedule is not None else None
     ds_config = {
         "train_micro_batch_size_per_gpu": learner.micro_batch_size,
         "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * world_size),
@@ -55,7 +60,7 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
         "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 10**9,
     }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     engine.eval()
     from rlhf_dist.checkpoint import safe_checkpoint_engine
 

@@ -6,6 +6,7 @@ called on all ranks together (ZeRO-3 gathers and the gradient all-reduce are col
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
 from rlhf_dist.distributed import build_engine, full_state_dict, gathered, init_learner_world, weight_entries, with_lora
 from rlhf_dist.experience import Experience
-from rlhf_dist.models import load_causal_lm, response_logprobs
+from rlhf_dist.models import disable_dropout, enable_gradient_checkpointing, load_causal_lm, response_logprobs
+from rlhf_dist.schedule import rl_optimizer_steps, schedule_from_config
 from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, plan_buckets
 
 
@@ -40,19 +42,38 @@ class Learner:
         self.zero3 = cfg.learner.zero_stage == 3
         policy = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.learner.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(policy)
         if cfg.learner.lora.enabled:
             policy = with_lora(policy, cfg.learner.lora, "CAUSAL_LM")
         self.policy = self._engine(policy, cfg.learner.optimizer.lr)
         self.critic = None
         if cfg.algorithm.name == "ppo":
             critic = CriticModel.build(critic_path or model_path, from_reward_model=critic_path is not None)
+            disable_dropout(critic)
+            critic.backbone.config.use_cache = False  # never generates; a cache would defeat checkpointing
+            if cfg.learner.gradient_checkpointing:
+                enable_gradient_checkpointing(critic.backbone)
             self.critic = self._engine(critic.to(policy.dtype), cfg.learner.optimizer.critic_lr)
         self.temperature = cfg.rollout.sampling.temperature
         self._sync: SyncGroup | None = None
 
     def _engine(self, model: torch.nn.Module, lr: float):
-        return build_engine(model, self.cfg.learner, self.cfg.model.dtype, lr, self.world_size)
+        """A DeepSpeed engine whose LR follows the configured schedule over the run's optimizer steps."""
+        schedule = schedule_from_config(self.cfg.learner.optimizer, rl_optimizer_steps(self.cfg))
+        return build_engine(model, self.cfg.learner, self.cfg.model.dtype, lr, self.world_size, schedule)
+
+    @contextlib.contextmanager
+    def _train_mode(self):
+        """Train mode for the updates (transformers checkpoints activations only in train mode);
+        eval mode otherwise. Dropout is 0 either way (set at load), so log-probs do not change."""
+        engines = [engine for _, engine in self._engines()]
+        for engine in engines:
+            engine.train()
+        try:
+            yield
+        finally:
+            for engine in engines:
+                engine.eval()
 
     # -- forward passes -------------------------------------------------------------------------
 
@@ -97,13 +118,15 @@ class Learner:
         diff = torch.where(mask.bool(), (old_logprobs - shard.rollout_logprobs).abs(), 0.0)
         stats: dict[str, list[float]] = {}
         per_rank_mini = self.cfg.learner.mini_batch_size // self.world_size
-        for _ in range(self.cfg.learner.epochs):
-            for start in range(0, shard.batch_size, per_rank_mini):
-                mini = shard.select(slice(start, start + per_rank_mini))
-                old = old_logprobs[start : start + per_rank_mini]
-                for name, value in self._train_mini_batch(mini, old, kl_coef).items():
-                    stats.setdefault(name, []).append(value)
+        with self._train_mode():
+            for _ in range(self.cfg.learner.epochs):
+                for start in range(0, shard.batch_size, per_rank_mini):
+                    mini = shard.select(slice(start, start + per_rank_mini))
+                    old = old_logprobs[start : start + per_rank_mini]
+                    for name, value in self._train_mini_batch(mini, old, kl_coef).items():
+                        stats.setdefault(name, []).append(value)
         result = {name: sum(v) / len(v) for name, v in stats.items()}
+        result.update(_last_values(stats))
         result["logprob_abs_diff_sum"] = float(diff.sum())
         result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
         result["num_tokens"] = float(mask.sum())
@@ -146,6 +169,7 @@ class Learner:
                 step_stats["policy/kl_loss"] = float(kl_loss.detach())
             nonfinite = max(nonfinite, float(not torch.isfinite(loss.detach()).item()))
             self.policy.backward(loss * scale, scale_wrt_gas=False)
+            step_stats["train/lr"] = self.policy.get_lr()[0]  # read before step() advances the schedule
             self.policy.step()
             if self.critic is not None:
                 step_stats.update(self._critic_micro_step(mb, num_tokens, num_seqs, scale))
@@ -153,6 +177,7 @@ class Learner:
                 stats.setdefault(k, []).append(v)
         grad_norm = self.policy.get_global_grad_norm()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out.update(_last_values(stats))
         # A NaN/inf loss gives non-finite gradients, which DeepSpeed's overflow check (all-reduced
         # over the ranks) turns into a skipped optimizer step on every rank alike.
         out["train/nonfinite_loss"] = nonfinite
@@ -170,8 +195,13 @@ class Learner:
             algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
         )
         self.critic.backward(loss * scale, scale_wrt_gas=False)
+        critic_lr = self.critic.get_lr()[0]
         self.critic.step()
-        return {"critic/value_loss": float(loss.detach()), **{f"critic/{k}": float(v) for k, v in vstats.items()}}
+        return {
+            "critic/value_loss": float(loss.detach()),
+            **{f"critic/{k}": float(v) for k, v in vstats.items()},
+            "train/critic_lr": critic_lr,
+        }
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -245,6 +275,11 @@ class Learner:
         from rlhf_dist.checkpoint import write_hf_model
 
         return str(write_hf_model(Path(out_dir), self.policy.module, state, tokenizer_path))
+
+
+def _last_values(stats: dict[str, list[float]]) -> dict[str, float]:
+    """LRs are not averaged: ``train/lr`` is the LR the last optimizer step used."""
+    return {name: stats[name][-1] for name in ("train/lr", "train/critic_lr") if name in stats}
 
 
 def _tokens(exp: Experience, device: torch.device):

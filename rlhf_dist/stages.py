@@ -16,7 +16,10 @@ import torch.distributed as dist
 from rlhf_dist.algorithms import bradley_terry_loss, dpo_loss
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.distributed import build_engine, full_state_dict, init_learner_world, with_lora
-from rlhf_dist.models import left_pad, load_causal_lm, response_logprobs, right_pad, sequence_scores
+from rlhf_dist.models import (
+    disable_dropout, enable_gradient_checkpointing, left_pad, load_causal_lm, response_logprobs, right_pad, sequence_scores,
+)
+from rlhf_dist.schedule import schedule_from_config, stage_optimizer_steps
 from rlhf_dist.stage_data import PairExample, SFTExample
 
 KINDS = ("sft", "rm", "dpo")
@@ -34,16 +37,23 @@ class StageTrainer:
         if kind == "rm":
             from transformers import AutoModelForSequenceClassification
 
-            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+            model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1))
             model.config.pad_token_id = pad_id
+            model.config.use_cache = False
             task = "SEQ_CLS"
         else:
             model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
             task = "CAUSAL_LM"
+        if cfg.learner.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.lora = cfg.learner.lora.enabled
         if self.lora:
             model = with_lora(model, cfg.learner.lora, task)
-        self.engine = build_engine(model, cfg.learner, cfg.model.dtype, cfg.learner.optimizer.lr, world_size)
+        # The horizon depends on the training set, which arrives with the first epoch (train_epoch);
+        # until then no optimizer step has been taken, and the LR at step 0 does not depend on it.
+        self.schedule = schedule_from_config(cfg.learner.optimizer, total_steps=0)
+        self._horizon_known = False
+        self.engine = build_engine(model, cfg.learner, cfg.model.dtype, cfg.learner.optimizer.lr, world_size, self.schedule)
         # DPO's frozen reference: the LoRA-disabled base, or a plain copy of the starting model.
         self.reference = None
         if kind == "dpo" and not self.lora:
@@ -123,20 +133,28 @@ class StageTrainer:
         micro = self.cfg.learner.micro_batch_size
         totals: dict[str, float] = {}
         scale = float(self.world_size)  # DeepSpeed averages gradients over ranks
-        # Whole mini-batches only, so every rank takes the same number of optimizer steps.
-        usable = len(examples) - len(examples) % per_rank
-        for start in range(0, usable, per_rank):
-            mini = examples[start : start + per_rank]
-            denominator = self._global_sum(self._count(mini))
-            for m in range(0, len(mini), micro):
-                mb = mini[m : m + micro]
-                mb_ref = ref[start + m : start + m + micro] if ref is not None else None
-                loss, sums = self._micro_loss(mb, mb_ref, denominator)
-                self.engine.backward(loss * scale, scale_wrt_gas=False)
-                self.engine.step()
-                sums["count"] = self._count(mb)
-                for k, v in sums.items():
-                    totals[k] = totals.get(k, 0.0) + v
+        # Whole mini-batches only, and as many as the smallest shard holds, so every rank takes
+        # the same number of optimizer steps (shards of an uneven split differ by one example).
+        usable = self._global_min(len(examples)) // per_rank * per_rank
+        if not self._horizon_known:
+            self.schedule.total_steps = stage_optimizer_steps(usable, per_rank, self.cfg.epochs)
+            self._horizon_known = True
+        self.engine.train()  # transformers checkpoints activations only in train mode
+        try:
+            for start in range(0, usable, per_rank):
+                mini = examples[start : start + per_rank]
+                denominator = self._global_sum(self._count(mini))
+                for m in range(0, len(mini), micro):
+                    mb = mini[m : m + micro]
+                    mb_ref = ref[start + m : start + m + micro] if ref is not None else None
+                    loss, sums = self._micro_loss(mb, mb_ref, denominator)
+                    self.engine.backward(loss * scale, scale_wrt_gas=False)
+                    self.engine.step()
+                    sums["count"] = self._count(mb)
+                    for k, v in sums.items():
+                        totals[k] = totals.get(k, 0.0) + v
+        finally:
+            self.engine.eval()
         return totals
 
     @torch.no_grad()
@@ -176,6 +194,13 @@ class StageTrainer:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t)
+
+    def _global_min(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t)
 
     def save(self, out_dir: str, tokenizer_path: str) -> str | None:
         """All ranks call this; rank 0 writes a Hugging Face directory (LoRA merged)."""
