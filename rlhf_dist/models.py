@@ -144,8 +144,15 @@ def response_logprobs(
 
 
 def reward_input_ids(tokenizer, prompt: str, response: str) -> list[int]:
-    """How a reward model reads a pair, in training and in scoring alike: prompt, then response, no eos."""
-    return tokenizer(prompt).input_ids + tokenizer(response, add_special_tokens=False).input_ids
+    """How a reward model reads a pair, in training and in scoring alike: prompt, then response, no eos.
+
+    A prompt rendered by a chat template already holds its special tokens (the template writes
+    BOS), so it is tokenised as written; a plain text prompt gets the tokenizer's own.
+    """
+    bos = tokenizer.bos_token
+    templated = bool(bos) and prompt.startswith(bos)
+    ids = tokenizer(prompt, add_special_tokens=not templated).input_ids
+    return ids + tokenizer(response, add_special_tokens=False).input_ids
 
 
 def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

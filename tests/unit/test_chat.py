@@ -192,3 +192,13 @@ def test_preference_rows_with_chat_prompts(tokenizer):
         StageDataConfig(eval_fraction=0.0, apply_chat_template=True), seed=0,
     ).train[0]
     assert wrapped == pair
+
+
+def test_a_reward_model_reads_a_chat_prompt_with_one_bos(tokenizer):
+    from rlhf_dist.models import reward_input_ids
+
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "1+2="}], add_generation_prompt=True,
+                                         tokenize=False)
+    for prompt in (chat, "write letters: cat"):
+        ids = reward_input_ids(tokenizer, prompt, "3")
+        assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id, (prompt, ids)
