@@ -7,35 +7,65 @@ fields live in :mod:`rlhf_dist.config.validate`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_section_defaults(cls, data: Any) -> Any:
+        """A partial mapping for a section whose default sets fields of its own (placement.reward's
+        num_cpus=0.25, a stage's lr=1e-3) fills the rest from that default, not from the section
+        class: `placement.reward.num_gpus=1` keeps num_cpus=0.25."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            if isinstance(info.default, BaseModel) and isinstance(data.get(name), dict):
+                merged[name] = _deep_merge(info.default.model_dump(exclude_unset=True), data[name])
+        return merged
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both else value
+    return out
+
 
 class TinyModelConfig(Section):
     """Shape of the random-init model built when ``model.path`` is null (no download needed)."""
 
-    arch: Literal["llama", "qwen2"] = "llama"
+    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the random-init model (rlhf_dist/tiny.py)")
     hidden_size: int = Field(128, ge=32, description="num_heads * 64: vLLM's CPU attention needs head_dim 64")
-    num_layers: int = Field(2, ge=1, le=64)
-    num_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(256, ge=8)
+    num_layers: int = Field(2, ge=1, le=64, description="decoder layers")
+    num_heads: int = Field(2, ge=1, description="attention heads (as many key/value heads)")
+    intermediate_size: int = Field(256, ge=8, description="width of each MLP block")
     vocab_size: int = Field(512, ge=300, le=65536, description="BPE vocabulary trained locally")
-    max_position_embeddings: int = Field(512, ge=64)
+    max_position_embeddings: int = Field(
+        512, ge=64, description="longest sequence the model takes (RL: rollout.max_model_len must fit in it)"
+    )
 
 
 class ModelConfig(Section):
     """The policy to train."""
 
     path: str | None = Field(None, description="Hugging Face model directory or hub name; null = tiny local model")
-    tokenizer: str | None = Field(None, description="tokenizer path; null = the model's own")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
-    tiny: TinyModelConfig = TinyModelConfig()
+    tokenizer: str | None = Field(
+        None, description="tokenizer of the data (prompts, stage rows), saved beside the trained model; null = the "
+        "model's own"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the model weights; bfloat16/float16 also turn on DeepSpeed's mixed "
+        "precision in the learners"
+    )
+    trust_remote_code: bool = Field(False, description="let transformers and vLLM run code shipped with the model")
+    tiny: TinyModelConfig = Field(TinyModelConfig(), description="shape of the tiny model built when path is null")
 
 
 class DataConfig(Section):
@@ -73,22 +103,29 @@ class SamplingConfig(Section):
     temperature: float = Field(
         1.0, ge=0.0, le=10.0, description="softmax temperature; 0 = greedy (eval only: training needs T > 0)"
     )
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1, description="-1 = off")
-    max_new_tokens: int = Field(16, ge=1)
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="sample from the smallest set of tokens whose probability reaches top_p; 1 = off"
+    )
+    top_k: int = Field(-1, ge=-1, description="sample from the k most likely tokens; -1 = off")
+    max_new_tokens: int = Field(16, ge=1, description="longest response, in tokens")
 
 
 class RolloutConfig(Section):
     """The rollout generators."""
 
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm, or transformers generate where vLLM cannot run")
-    num_workers: int = Field(1, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
-    samples_per_prompt: int = Field(4, ge=1, description="group size for grpo/rloo")
-    sampling: SamplingConfig = SamplingConfig()
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
-    max_model_len: int = Field(256, ge=16)
+    num_workers: int = Field(1, ge=1, description="rollout generator actors, each a whole engine")
+    prompts_per_step: int = Field(16, ge=1, description="prompts drawn per step; each gets samples_per_prompt responses")
+    samples_per_prompt: int = Field(4, ge=1, description="responses per prompt: the group of grpo/rloo")
+    sampling: SamplingConfig = Field(SamplingConfig(), description="how training responses are sampled")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine (tensor parallel)")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0.0, le=1.0, description="vllm: share of each GPU's memory the engine may take (weights and KV cache)"
+    )
+    max_model_len: int = Field(
+        256, ge=16, description="longest prompt + response in tokens (vLLM's max_model_len); must hold "
+        "data.max_prompt_tokens + sampling.max_new_tokens"
+    )
     kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
 
 
@@ -141,23 +178,26 @@ class RewardConfig(Section):
 class ReferenceConfig(Section):
     """The frozen reference policy."""
 
-    path: str | None = Field(None, description="null = the initial policy")
-    num_workers: int = Field(1, ge=1)
+    path: str | None = Field(None, description="model directory of the reference; null = the initial policy")
+    num_workers: int = Field(1, ge=1, description="reference actors; each computes log-probs for a shard of the batch")
 
 
 class LoraConfig(Section):
-    enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0.0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """LoRA adapters (peft), built in rlhf_dist/distributed.py ``with_lora``."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float = Field(16.0, gt=0.0, description="adapter scale numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on each adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="modules that get adapters: a list of module names, or all-linear"
+    )
 
 
 class OptimizerConfig(Section):
-    """AdamW (decoupled weight decay) and its LR schedule (rlhf_dist/schedule.py), for the policy and critic."""
+    """AdamW (decoupled weight decay, rlhf_dist/distributed.py) and its LR schedule (rlhf_dist/schedule.py)."""
 
-    lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate of the policy (and of stage models)")
-    critic_lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate of the PPO critic")
+    lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate of the trained model: the policy, or a stage's model")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW moment decay rates (beta1, beta2)")
     eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon")
@@ -168,50 +208,79 @@ class OptimizerConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="floor of the linear/cosine decay, as a fraction of lr")
 
 
-class LearnerConfig(Section):
-    """The DeepSpeed learners: ``num_workers`` actors form one data-parallel world."""
+class LearnerOptimizerConfig(OptimizerConfig):
+    """The RL learners' AdamW: the policy's, and the PPO critic's with its own peak LR."""
+
+    critic_lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate of the PPO critic")
+
+
+class TrainerConfig(Section):
+    """What every DeepSpeed training world reads (rlhf_dist/distributed.py): the RL learners' and each
+    supervised stage's. The RL-only fields live in LearnerConfig, so a stage config cannot carry them."""
 
     num_workers: int = Field(2, ge=1, description="learner actors (data-parallel ranks)")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     mini_batch_size: int = Field(32, ge=1, description="sequences per optimizer step (all ranks)")
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward pass, per rank")
-    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     grad_clip: float = Field(1.0, gt=0.0, description="clip the global gradient norm to this value")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)"
     )
-    optimizer: OptimizerConfig = OptimizerConfig()
-    lora: LoraConfig = LoraConfig()
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW and its learning-rate schedule")
+    lora: LoraConfig = Field(LoraConfig(), description="LoRA adapters instead of full fine-tuning")
+
+
+class LearnerConfig(TrainerConfig):
+    """The RL learners: ``num_workers`` actors form one data-parallel world."""
+
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    optimizer: LearnerOptimizerConfig = Field(
+        LearnerOptimizerConfig(), description="AdamW and its learning-rate schedule, for the policy and the critic"
+    )
     critic_init: Literal["policy", "reward_model"] = Field(
         "policy", description="ppo: start the critic from the policy (zero value head) or from the reward model"
     )
 
 
 class KLConfig(Section):
-    coef: float = Field(0.05, ge=0.0)
-    kind: Literal["k1", "k2", "k3"] = "k1"
+    """The KL to the reference policy (rlhf_dist/algorithms/kl.py): estimator, where it enters, coefficient."""
+
+    coef: float = Field(0.05, ge=0.0, description="KL coefficient; the starting value when adaptive")
+    kind: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="estimator of KL(pi || pi_ref) per token (Schulman's k1, k2, k3); a loss takes k2 or k3"
+    )
     mode: Literal["reward", "loss"] = Field("reward", description="penalise the reward, or add a loss term")
-    adaptive: bool = False
+    adaptive: bool = Field(False, description="adapt coef towards target (Ziegler et al.); false = fixed coef")
     target: float | None = Field(None, gt=0.0, description="target KL (nats per sequence) when adaptive")
-    horizon: int = Field(10000, ge=1)
+    horizon: int = Field(10000, ge=1, description="adaptive: sequences over which coef moves by up to 20%")
 
 
 class AlgorithmConfig(Section):
-    name: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = "grpo"
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    clip_low: float = Field(0.2, gt=0.0, lt=1.0)
-    clip_high: float = Field(0.2, gt=0.0)
-    value_clip: float = Field(0.2, gt=0.0)
-    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
-    normalize_group_std: bool = True
+    """Advantages (rlhf_dist/shaping.py) and losses (rlhf_dist/learner.py)."""
+
+    name: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = Field(
+        "grpo", description="ppo: GAE with a critic; grpo: group-normalised scores; rloo: leave-one-out baseline; "
+        "reinforce_pp: REINFORCE++, batch-whitened returns"
+    )
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="ppo: discount of GAE")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="ppo: lambda of GAE")
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clipped below at 1 - clip_low")
+    clip_high: float = Field(0.2, gt=0.0, description="policy ratio clipped above at 1 + clip_high (> clip_low: DAPO's clip-higher)")
+    value_clip: float = Field(0.2, gt=0.0, description="ppo: new values clipped to old values +- value_clip in the value loss")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field(
+        "token-mean", description="token-mean: over all response tokens of the batch; seq-mean-token-mean: per "
+        "sequence, then over sequences"
+    )
+    normalize_group_std: bool = Field(True, description="grpo: divide each group's centred scores by its std")
     whiten_advantages: bool = Field(
         True, description="whiten ppo/rloo advantages over the batch (grpo normalises per group; reinforce_pp always whitens)"
     )
-    kl: KLConfig = KLConfig()
+    kl: KLConfig = Field(KLConfig(), description="the KL to the reference policy")
 
 
 class RoleResources(Section):
+    """What each worker of one role asks Ray for (rlhf_dist/placement.py)."""
+
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per worker (fractions share a GPU)")
     num_cpus: float = Field(0.5, gt=0.0, description="CPUs per worker")
 
@@ -219,12 +288,14 @@ class RoleResources(Section):
 class PlacementConfig(Section):
     """Resources per worker of each role; worker counts live in each role's section."""
 
-    rollout: RoleResources = RoleResources()
-    reward: RoleResources = RoleResources(num_cpus=0.25)
-    reference: RoleResources = RoleResources(num_cpus=0.25)
-    learner: RoleResources = RoleResources()
+    rollout: RoleResources = Field(RoleResources(), description="per rollout generator")
+    reward: RoleResources = Field(RoleResources(num_cpus=0.25), description="per reward scorer")
+    reference: RoleResources = Field(RoleResources(num_cpus=0.25), description="per reference worker")
+    learner: RoleResources = Field(RoleResources(), description="per learner rank")
     colocate: bool = Field(False, description="rollout and learner share GPUs; vLLM sleeps while training")
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of each role's group of bundles"
+    )
 
 
 class WandbConfig(Section):
@@ -240,18 +311,28 @@ class WandbConfig(Section):
     )
 
 
-class LoggingConfig(Section):
-    log_every: int = Field(1, ge=1)
+class MetricSinksConfig(Section):
+    """Where metrics go besides RUN_DIR/metrics.jsonl (rlhf_dist/metrics.py); a stage's whole logging section."""
+
     tensorboard: bool = Field(True, description="write scalars to RUN_DIR/tensorboard")
+    wandb: WandbConfig = Field(WandbConfig(), description="Weights & Biases")
+
+
+class LoggingConfig(MetricSinksConfig):
+    """The metric sinks, and what an RL run shows on the console (launch/run.py) and in samples.jsonl (driver)."""
+
     progress_bar: bool = Field(True, description="a progress bar on a terminal; false (or no terminal): a line per step")
-    samples_every: int = Field(5, ge=0, description="log a few completions every N steps; 0 = never")
-    wandb: WandbConfig = WandbConfig()
+    samples_every: int = Field(
+        5, ge=0, description="write a few completions to RUN_DIR/samples.jsonl (and W&B) every N steps; 0 = never"
+    )
 
 
 class CheckpointConfig(Section):
+    """Checkpoints under RUN_DIR/checkpoints, for `rlhf-dist train --resume`."""
+
     every: int = Field(5, ge=0, description="steps between checkpoints; 0 = only at the end")
-    keep_last: int = Field(2, ge=1)
-    save_final: bool = True
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+    save_final: bool = Field(True, description="write the trained policy to RUN_DIR/final in Hugging Face format")
 
 
 class RecoveryConfig(Section):
@@ -289,19 +370,22 @@ class EvalConfig(Section):
 class RunConfig(Section):
     """A whole run."""
 
-    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
-    steps: int = Field(20, ge=1)
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    reward: RewardConfig = RewardConfig()
-    reference: ReferenceConfig = ReferenceConfig()
-    learner: LearnerConfig = LearnerConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    placement: PlacementConfig = PlacementConfig()
-    logging: LoggingConfig = LoggingConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    recovery: RecoveryConfig = RecoveryConfig()
-    monitor: MonitorConfig = MonitorConfig()
-    eval: EvalConfig = EvalConfig()
+    name: str = Field(
+        "run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="names the default run dir runs/<name>-<time>, the Ray job and the Ray metrics' run label",
+    )
+    seed: int = Field(0, ge=0, description="seeds the prompt order, sampling, the tiny model and the learners")
+    steps: int = Field(20, ge=1, description="RL steps: generate, score, train, sync weights")
+    model: ModelConfig = Field(ModelConfig(), description="the policy to train")
+    data: DataConfig = Field(DataConfig(), description="the training prompts")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="the rollout generators and sampling")
+    reward: RewardConfig = Field(RewardConfig(), description="the reward scorer")
+    reference: ReferenceConfig = Field(ReferenceConfig(), description="the frozen reference policy")
+    learner: LearnerConfig = Field(LearnerConfig(), description="the DeepSpeed learners")
+    algorithm: AlgorithmConfig = Field(AlgorithmConfig(), description="advantages, losses and the KL")
+    placement: PlacementConfig = Field(PlacementConfig(), description="CPUs and GPUs per worker, colocation")
+    logging: LoggingConfig = Field(LoggingConfig(), description="metric sinks, the console and samples")
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="checkpoints for resume, and the final model")
+    recovery: RecoveryConfig = Field(RecoveryConfig(), description="actor restarts and non-finite losses")
+    monitor: MonitorConfig = Field(MonitorConfig(), description="the reward-hacking alarm")
+    eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation during RL")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlhf_dist.config.schema import LearnerConfig, LoggingConfig, ModelConfig, OptimizerConfig, Section
+from rlhf_dist.config.schema import MetricSinksConfig, ModelConfig, OptimizerConfig, Section, TrainerConfig
 
 
 class StageDataConfig(Section):
@@ -43,21 +43,26 @@ class StageDataConfig(Section):
     )
 
 
-class StageLearnerConfig(LearnerConfig):
+class StageLearnerConfig(TrainerConfig):
+    """A stage's DeepSpeed world (rlhf_dist/stages.py): the shared learner fields, none of the RL-only ones
+    (a stage has no critic, and its passes over the data are the top-level ``epochs``)."""
+
     mini_batch_size: int = Field(16, ge=1, description="examples (pairs for rm/dpo) per optimizer step, all ranks")
-    micro_batch_size: int = Field(8, ge=1)
-    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3)
+    micro_batch_size: int = Field(8, ge=1, description="examples (pairs for rm/dpo) per forward pass, per rank")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(lr=1e-3), description="AdamW and its learning-rate schedule")
 
 
 class StageConfig(Section):
-    name: str = Field("stage", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
-    epochs: int = Field(2, ge=1)
-    model: ModelConfig = ModelConfig()
-    data: StageDataConfig = StageDataConfig()
-    learner: StageLearnerConfig = StageLearnerConfig()
+    """One supervised stage: `rlhf-dist sft`, `rm` or `dpo` (launch/stages.py, rlhf_dist/stages.py)."""
+
+    name: str = Field("stage", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the stage")
+    seed: int = Field(0, ge=0, description="seeds the held-out split, the shuffling, the tiny model and the trainers")
+    epochs: int = Field(2, ge=1, description="passes over the training rows")
+    model: ModelConfig = Field(ModelConfig(), description="the model to train; rm puts a score head on it")
+    data: StageDataConfig = Field(StageDataConfig(), description="the training rows")
+    learner: StageLearnerConfig = Field(StageLearnerConfig(), description="the DeepSpeed trainers")
     beta: float = Field(0.1, gt=0.0, description="dpo: inverse temperature of the implicit reward")
-    logging: LoggingConfig = LoggingConfig()
+    logging: MetricSinksConfig = Field(MetricSinksConfig(), description="metric sinks besides RUN_DIR/metrics.jsonl")
 
 
 def validate_stage_config(cfg: StageConfig) -> list[str]:
