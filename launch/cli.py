@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "items", nargs="*", metavar="[FILE] [key=value ...]",
         help="a YAML file (default: the embedded tiny run), then dotted overrides",
     )
+    show.add_argument(
+        "--defaults", action="store_true",
+        help="print every field of a train config at its schema default, under its description (no FILE or overrides)",
+    )
     show.set_defaults(handler=_config_show)
 
     train = commands.add_parser("train", help="run RL training (no CONFIG: the embedded tiny CPU run)")
@@ -141,8 +145,16 @@ def split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from rlhf_dist.config import dump_config, load_config
+    from rlhf_dist.config import dump_config, dump_defaults, load_config
 
+    if args.defaults:
+        if args.items:
+            raise UserError(
+                f"--defaults prints the schema's defaults alone; drop {' '.join(args.items)!r} "
+                "(or drop --defaults to see a resolved config)"
+            )
+        print(dump_defaults(), end="")
+        return 0
     path, overrides = split_config_args(args.items)
     print(dump_config(load_config(path, overrides)), end="")
     return 0

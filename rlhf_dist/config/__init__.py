@@ -4,6 +4,7 @@ from rlhf_dist.config.load import (
     ConfigError,
     default_config_path,
     dump_config,
+    dump_defaults,
     load_config,
     parse_override,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "TinyModelConfig",
     "default_config_path",
     "dump_config",
+    "dump_defaults",
     "load_config",
     "parse_override",
     "validate_config",

@@ -7,6 +7,9 @@ the value seen and what is allowed, so the CLI can print it and exit 2 before an
 from __future__ import annotations
 
 import difflib
+import json
+import math
+import textwrap
 import typing
 from collections.abc import Sequence
 from importlib import resources
@@ -101,6 +104,63 @@ def _yaml_from_env(name: str) -> dict[str, Any]:
 def dump_config(config: RunConfig) -> str:
     """YAML that :func:`load_config` accepts back unchanged."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+DEFAULTS_HEADER = """\
+# Every field of `{command}` at its schema default, each under its description.
+# (The embedded default run differs: `rlhf-dist config show` prints that one.)
+# load_config reads this file back to exactly these defaults.
+
+"""
+
+
+def dump_defaults(schema: type[BaseModel] = RunConfig, command: str = "rlhf-dist train") -> str:
+    """``schema()``'s fields as YAML, each under a comment holding its description (and its choices).
+
+    `rlhf-dist config show --defaults` prints it; :func:`load_config` reads it back to ``schema()``.
+    """
+    lines: list[str] = []
+    _commented_fields(schema(), 0, lines)
+    return DEFAULTS_HEADER.format(command=command) + "\n".join(lines) + "\n"
+
+
+def _commented_fields(model: BaseModel, depth: int, lines: list[str]) -> None:
+    indent = "  " * depth
+    plain = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if depth == 0 and isinstance(value, BaseModel):
+            lines.append("")  # a blank line before each top-level section
+        comment = textwrap.wrap(_field_comment(info), width=max(40, 98 - len(indent)), break_on_hyphens=False)
+        lines.extend(f"{indent}# {line}" for line in comment)
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            _commented_fields(value, depth + 1, lines)
+        else:
+            lines.append(f"{indent}{name}: {_flow_yaml(plain[name])}")
+
+
+def _field_comment(info: Any) -> str:
+    text = info.description or ""
+    choices = _choices(info.annotation)
+    return f"{text} ({'|'.join(str(c) for c in choices)})" if choices else text
+
+
+def _choices(annotation: Any) -> list[Any]:
+    """The values a ``Literal[...]`` (or ``Literal[...] | None``) field takes; [] for other types."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(members) == 1 and typing.get_origin(members[0]) is typing.Literal:
+        return list(typing.get_args(members[0]))
+    return []
+
+
+def _flow_yaml(value: Any) -> str:
+    """One value as single-line YAML (flow style for lists and mappings)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
+    text = text.removesuffix("\n...\n").rstrip("\n")  # a bare scalar ends its document with "..."
+    return text if "\n" not in text else json.dumps(value)  # JSON is YAML too, and stays on one line
 
 
 # -- overrides -------------------------------------------------------------------------------------
