@@ -203,7 +203,8 @@ def _stage(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_args(args.items)
     cfg = load_config(path, overrides, schema=StageConfig)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or args.kind
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_stage(args.kind, cfg, run_dir)
     print(f"{args.kind} model written to {result.model_dir}")
     return 0

@@ -50,7 +50,7 @@ def run_stage(
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
     tokenizer_path = cfg.model.tokenizer or model_path
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
     if rows is None:
         if cfg.data.path is None:
             raise UserError(f"rlhf-dist {kind} needs data.path (JSONL, Parquet or a datasets directory)")

@@ -60,6 +60,7 @@ class VLLMEngine:
         tp = cfg.rollout.tensor_parallel_size
         self.llm = LLM(
             model=model_path,
+            tokenizer=cfg.model.tokenizer or model_path,
             dtype=cfg.model.dtype,
             seed=seed,
             max_model_len=cfg.rollout.max_model_len,
@@ -155,7 +156,7 @@ class HFEngine:
 
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code).to(self.device).eval()
-        self.tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
         self.batch_size = 64
         self._sync: SyncGroup | None = None
 

@@ -17,7 +17,7 @@ from rlhf_dist.algorithms import bradley_terry_loss, dpo_loss
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.distributed import build_engine, full_state_dict, init_learner_world, with_lora
 from rlhf_dist.models import (
-    disable_dropout, enable_gradient_checkpointing, left_pad, load_causal_lm, response_logprobs, right_pad, sequence_scores,
+    DTYPES, disable_dropout, enable_gradient_checkpointing, left_pad, load_causal_lm, response_logprobs, right_pad, sequence_scores,
 )
 from rlhf_dist.schedule import schedule_from_config, stage_optimizer_steps
 from rlhf_dist.stage_data import PairExample, SFTExample
@@ -37,7 +37,9 @@ class StageTrainer:
         if kind == "rm":
             from transformers import AutoModelForSequenceClassification
 
-            model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1))
+            model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=1, dtype=DTYPES[cfg.model.dtype], trust_remote_code=cfg.model.trust_remote_code,
+            ))
             model.config.pad_token_id = pad_id
             model.config.use_cache = False
             task = "SEQ_CLS"
@@ -57,7 +59,8 @@ class StageTrainer:
         # DPO's frozen reference: the LoRA-disabled base, or a plain copy of the starting model.
         self.reference = None
         if kind == "dpo" and not self.lora:
-            self.reference = load_causal_lm(model_path, cfg.model.dtype).to(self.device).eval().requires_grad_(False)
+            self.reference = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+            self.reference = self.reference.to(self.device).eval().requires_grad_(False)
 
     # -- per-kind forward passes (micro-batch) ---------------------------------------------------
 

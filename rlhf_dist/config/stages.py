@@ -55,7 +55,10 @@ class StageLearnerConfig(TrainerConfig):
 class StageConfig(Section):
     """One supervised stage: `rlhf-dist sft`, `rm` or `dpo` (launch/stages.py, rlhf_dist/stages.py)."""
 
-    name: str = Field("stage", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="name of the stage")
+    name: str | None = Field(
+        None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="names the default run dir, runs/<name>-<timestamp>; null = the stage's kind (sft, rm, dpo)",
+    )
     seed: int = Field(0, ge=0, description="seeds the held-out split, the shuffling, the tiny model and the trainers")
     epochs: int = Field(2, ge=1, description="passes over the training rows")
     model: ModelConfig = Field(ModelConfig(), description="the model to train; rm puts a score head on it")
