@@ -34,8 +34,8 @@ class Size:
     eval_every: int
 
 
-FULL = Size(high=29, test_size=200, demos=3000, sft_epochs=4, rl_steps=60, eval_every=10)
-SMALL = Size(high=29, test_size=200, demos=3000, sft_epochs=4, rl_steps=20, eval_every=20)
+FULL = Size(high=29, test_size=200, demos=3000, sft_epochs=5, rl_steps=60, eval_every=10)
+SMALL = Size(high=29, test_size=200, demos=3000, sft_epochs=5, rl_steps=20, eval_every=20)
 EVAL_SAMPLES = 4  # per test prompt: 200 x 4 = 800 graded samples per evaluation
 TEMPERATURE = 1.0
 
