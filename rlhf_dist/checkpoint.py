@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.errors import UserError
+from rlhf_dist.manifest import FileDigest, record_digests, write_hashed, write_manifest
+from rlhf_dist.rundir import CHECKPOINTS, checkpoint_dirs
 
 
 def write_hf_model(
@@ -34,12 +36,13 @@ def write_hf_model(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     load_tokenizer(tokenizer_path).save_pretrained(tmp)
-    _publish(tmp, out_dir)
+    publish_dir(tmp, out_dir)
     return out_dir
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """fsync the finished ``tmp`` and rename it to ``final``, replacing an older ``final``."""
+def publish_dir(tmp: Path, final: Path) -> None:
+    """fsync the finished ``tmp`` and rename it to ``final``, replacing an older ``final``: a reader
+    sees the old directory, none, or the new one, never half of one."""
     _fsync_tree(tmp)
     if final.exists():
         old = final.with_name(final.name + ".old")
@@ -68,10 +71,10 @@ def _fsync_tree(root: Path) -> None:
 #
 # A checkpoint is a directory ``RUN_DIR/checkpoints/step-NNNNNN`` holding the learners' DeepSpeed
 # state (written through `SafeCheckpointEngine`: safetensors + JSON, never pickle) and the
-# driver's state (`driver_state.json`). It is written as ``step-NNNNNN.tmp``, fsynced, then
-# renamed, so a directory without the suffix is complete by construction.
+# driver's state (`driver_state.json`). It is written as ``step-NNNNNN.tmp``, given a
+# ``manifest.json`` (each file's size and sha256, rlhf_dist/manifest.py), fsynced, then renamed,
+# so a directory without the suffix is complete by construction and checkable before a resume.
 
-CHECKPOINTS = "checkpoints"
 _TREE_KEY = "rlhf_dist_tree"
 
 
@@ -174,13 +177,16 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def save_tree(obj, path: str | Path) -> None:
-    """Write a nest of dicts/lists/tensors/plain values as one safetensors file (tree in its metadata)."""
-    from safetensors.torch import save_file
+def save_tree(obj, path: str | Path) -> FileDigest:
+    """Write a nest of dicts/lists/tensors/plain values as one safetensors file (tree in its
+    metadata); returns its size and sha256, computed from the bytes as they are written."""
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(obj, tensors, {})
-    save_file(tensors, str(path), metadata={_TREE_KEY: json.dumps(tree)})
+    data = save(tensors, metadata={_TREE_KEY: json.dumps(tree)})
+    tensors.clear()  # the CPU copies; only the serialized bytes are needed now
+    return write_hashed(path, data)
 
 
 def load_tree(path: str | Path, map_location=None):
@@ -199,39 +205,34 @@ def load_tree(path: str | Path, map_location=None):
 
 
 def safe_checkpoint_engine():
-    """A DeepSpeed checkpoint engine that writes `save_tree` files instead of pickles."""
+    """A DeepSpeed checkpoint engine that writes `save_tree` files instead of pickles, and at the
+    commit of a save leaves the digests of what it wrote beside them for the checkpoint manifest."""
     from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointEngine
 
     class SafeCheckpointEngine(CheckpointEngine):
         def __init__(self):
             super().__init__()
             self.name = "rlhf-dist-safetensors"
+            self.written: list[FileDigest] = []
 
         def create(self, info):
-            pass
+            self.written = []
 
         def save(self, state_dict, path: str):
-            save_tree(state_dict, path)
+            self.written.append(save_tree(state_dict, path))
 
         def load(self, path: str, map_location=None):
             return load_tree(path, map_location)
 
         def commit(self, info):
+            record_digests(self.written)
+            self.written = []
             return True
 
         def preserves_storage_sharing(self):
             return False
 
     return SafeCheckpointEngine()
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
-    return sorted(done, key=lambda p: int(p.name[5:]))
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
@@ -245,7 +246,7 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 def commit_checkpoint(tmp: Path, keep_last: int) -> Path:
     """fsync ``tmp``, rename it to its final name, then delete all but the newest ``keep_last``."""
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
-    _publish(tmp, final)  # replaces a same-step checkpoint when a resumed run re-writes it
+    publish_dir(tmp, final)  # replaces a same-step checkpoint when a resumed run re-writes it
     for stale in checkpoint_dirs(final.parent.parent)[:-keep_last]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -256,14 +257,16 @@ def discard_staging(tmp: Path) -> None:
 
 
 def write_checkpoint(run_dir: Path, steps_done: int, keep_last: int, write, failures=(OSError,)) -> Path:
-    """Stage a checkpoint with ``write(tmp_dir)``, then commit it (fsync + rename + prune).
+    """Stage a checkpoint with ``write(tmp_dir)``, write its manifest, then commit it (fsync +
+    rename + prune). ``write`` may return the `FileDigest`s of the files it wrote (hashed as they
+    were written); the manifest hashes any other file itself.
 
     If ``write`` raises one of ``failures`` (a full disk, a dead writer), the staging directory is
     removed and `CheckpointError` says so; the checkpoints already committed are not touched.
     """
     tmp = staging_dir(run_dir, steps_done)
     try:
-        write(tmp)
+        write_manifest(tmp, write(tmp) or ())  # before the rename: a complete checkpoint has one
         return commit_checkpoint(tmp, keep_last)
     except failures as exc:
         discard_staging(tmp)
@@ -275,11 +278,8 @@ def write_checkpoint(run_dir: Path, steps_done: int, keep_last: int, write, fail
         ) from exc
 
 
-def write_json(path: Path, data) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+def write_json(path: Path, data) -> FileDigest:
+    return write_hashed(path, json.dumps(data, indent=1).encode())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -7,6 +7,7 @@ A run checkpoint ``RUN_DIR/checkpoints/step-NNNNNN`` holds:
     rng/driver.safetensors    the driver's torch/numpy/python RNG
     rng/<role>-<i>.safetensors  the RNG of every rollout, reward and reference actor
     driver_state.json         `LoopState` + counts; written last, so its presence marks the whole
+    manifest.json             every file's size and sha256 (rlhf_dist/manifest.py), checked on resume
 """
 
 from __future__ import annotations
@@ -75,15 +76,16 @@ def save_run_checkpoint(
     actor that dies while its RNG is read is restarted rather than failing the checkpoint).
     """
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> list:  # the digests of the driver's files, for the manifest
         gather([l.save_checkpoint.remote(str(tmp)) for l in roles.learners], "learner (checkpoint)")
         (tmp / "rng").mkdir(exist_ok=True)
-        save_tree(rng_state(), tmp / "rng" / "driver.safetensors")
+        digests = [save_tree(rng_state(), tmp / "rng" / "driver.safetensors")]
         for role, actors in roles.restartable():
             states = call(lambda: gather([a.rng_state.remote() for a in actors], role))
             for i, rng in enumerate(states):
-                save_tree(rng, tmp / "rng" / f"{role}-{i}.safetensors")
-        write_json(tmp / "driver_state.json", state.state_dict(steps_done, roles))  # last: marks it whole
+                digests.append(save_tree(rng, tmp / "rng" / f"{role}-{i}.safetensors"))
+        digests.append(write_json(tmp / "driver_state.json", state.state_dict(steps_done, roles)))  # last
+        return digests
 
     return write_checkpoint(run_dir, steps_done, keep_last, write, (OSError, ActorFailed))
 

@@ -1,4 +1,5 @@
-"""Checkpoint files and directories: exact round trips, no unpickling, atomic commits, a full disk."""
+"""Checkpoint files and directories: exact round trips, no unpickling, atomic commits, a full disk,
+manifests written while writing and checked before a resume."""
 
 import errno
 import json
@@ -9,8 +10,9 @@ import torch
 
 import rlhf_dist.checkpoint as ckpt
 from rlhf_dist.checkpoint import (
-    CheckpointError, checkpoint_dirs, load_tree, rng_state, save_tree, set_rng_state, write_checkpoint,
+    CheckpointError, checkpoint_dirs, load_tree, rng_state, save_tree, set_rng_state, write_checkpoint, write_json,
 )
+from rlhf_dist.manifest import CheckpointIntegrityError, verify_checkpoint
 
 
 def test_tree_round_trip_keeps_types_values_and_shared_tensors(tmp_path):
@@ -98,19 +100,15 @@ def test_running_out_of_disk_while_checkpointing_keeps_the_previous_one(tmp_path
     good = checkpoint_dirs(tmp_path)[-1]
     before = {p.name: p.read_bytes() for p in good.iterdir()}
 
-    import safetensors.torch
-
-    real_save = safetensors.torch.save_file
-
-    def disk_full(tensors, filename, metadata=None):
+    def disk_full(filename, data):
         with open(filename, "wb") as f:  # some bytes land, then the disk is full
-            f.write(b"\0" * 64)
-        raise OSError(errno.ENOSPC, "No space left on device", filename)
+            f.write(data[:64])
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(ckpt, "write_hashed", disk_full)  # what save_tree writes through
     with pytest.raises(CheckpointError) as failure:
         write_checkpoint(tmp_path, 4, keep_last=1, write=_write(4))
-    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    monkeypatch.undo()
     message = str(failure.value)
     assert "No space left on device" in message and str(good) in message and "--resume" in message
     assert checkpoint_dirs(tmp_path) == [good]
@@ -130,3 +128,109 @@ def test_no_module_uses_torch_load_without_weights_only():
             if "weights_only=True" not in call:
                 offenders.append(f"{path.name}: {call}")
     assert not offenders
+
+
+# -- manifests ------------------------------------------------------------------------------------
+
+
+def _manifest(ckpt_dir):
+    return {f["path"]: f for f in json.loads((ckpt_dir / "manifest.json").read_text())["files"]}
+
+
+def test_every_checkpoint_file_is_in_its_manifest_with_its_size_and_sha256(tmp_path):
+    import hashlib
+
+    done = write_checkpoint(tmp_path, 2, keep_last=1, write=_write(2))
+    files = _manifest(done)
+    on_disk = sorted(p.relative_to(done).as_posix() for p in done.rglob("*") if p.is_file())
+    assert sorted(files) == [p for p in on_disk if p != "manifest.json"] == ["driver_state.json", "state.safetensors"]
+    for rel, entry in files.items():
+        data = (done / rel).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    verify_checkpoint(done, full=True)  # the round trip: what was written checks out
+
+
+def test_writers_hash_while_writing_and_only_other_files_are_read_back(tmp_path, monkeypatch):
+    """The safe DeepSpeed engine records the digests of what it saved; the driver hands its own in;
+    the manifest re-reads only files written by neither (here: DeepSpeed's `latest`)."""
+    import rlhf_dist.manifest as manifest
+
+    read_back = []
+    real_hash_file = manifest.hash_file
+    monkeypatch.setattr(manifest, "hash_file", lambda p: read_back.append(p.name) or real_hash_file(p))
+
+    def write(tmp):
+        engine = ckpt.safe_checkpoint_engine()  # what a learner rank saves through
+        (tmp / "policy" / "state").mkdir(parents=True)
+        engine.create(None)
+        engine.save({"module": {"w": torch.ones(3)}}, str(tmp / "policy" / "state" / "mp_rank_00_model_states.pt"))
+        engine.save({"optimizer": {"step": 3}}, str(tmp / "policy" / "state" / "zero_pp_rank_0_optim_states.pt"))
+        engine.commit(None)
+        (tmp / "policy" / "latest").write_text("state")  # DeepSpeed writes this one itself
+        return [write_json(tmp / "driver_state.json", {"steps_done": 2})]
+
+    done = write_checkpoint(tmp_path, 2, keep_last=1, write=write)
+    assert read_back == ["latest"]
+    assert not list(done.rglob(".digests-*")), "the per-writer records are folded into the manifest"
+    assert sorted(_manifest(done)) == ["driver_state.json", "policy/latest", "policy/state/mp_rank_00_model_states.pt",
+                                       "policy/state/zero_pp_rank_0_optim_states.pt"]
+    verify_checkpoint(done, full=True)
+    assert load_tree(done / "policy" / "state" / "mp_rank_00_model_states.pt")["module"]["w"].tolist() == [1.0] * 3
+
+
+def test_a_file_that_changed_between_writing_and_the_manifest_fails_the_checkpoint(tmp_path):
+    def write(tmp):
+        digest = save_tree({"w": torch.ones(8)}, tmp / "state.safetensors")
+        with open(tmp / "state.safetensors", "ab") as f:
+            f.write(b"junk")
+        return [digest]
+
+    with pytest.raises(CheckpointError, match="state.safetensors is .* bytes on disk, but .* were written"):
+        write_checkpoint(tmp_path, 2, keep_last=1, write=write)
+    assert checkpoint_dirs(tmp_path) == [] and not list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "state.safetensors does not match its sha256 in the manifest"),
+    ("truncate", "state.safetensors is 100 bytes, the manifest says"),
+    ("delete", "incomplete: state.safetensors is missing"),
+    ("no manifest", "has no manifest.json"),
+    ("bad manifest", "manifest.json is damaged"),
+])
+def test_verification_names_the_damaged_file_and_what_is_wrong(tmp_path, damage, message):
+    done = write_checkpoint(tmp_path, 2, keep_last=1, write=_write(2))
+    state = done / "state.safetensors"
+    if damage == "flip":
+        flip_byte(state)
+    elif damage == "truncate":
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "delete":
+        state.unlink()
+    elif damage == "no manifest":
+        (done / "manifest.json").unlink()
+    else:
+        (done / "manifest.json").write_text('{"files": [{"path": ')
+    with pytest.raises(CheckpointIntegrityError) as failure:
+        verify_checkpoint(done, full=True)
+    assert message in str(failure.value) and str(done) in str(failure.value)
+
+
+def test_large_checkpoints_get_a_size_check_unless_verify_asks_for_hashes(tmp_path, monkeypatch):
+    import rlhf_dist.manifest as manifest
+
+    done = write_checkpoint(tmp_path, 2, keep_last=1, write=_write(2))
+    flip_byte(done / "state.safetensors")
+    verify_checkpoint(done, full=False)  # sizes only: a flipped byte passes
+    monkeypatch.setattr(manifest, "FULL_CHECK_BYTES", 10)  # "this checkpoint is over 2 GB"
+    verify_checkpoint(done)
+    with pytest.raises(CheckpointIntegrityError, match="sha256"):
+        verify_checkpoint(done, full=True)  # --verify
+    monkeypatch.setattr(manifest, "FULL_CHECK_BYTES", 10**9)
+    with pytest.raises(CheckpointIntegrityError, match="sha256"):
+        verify_checkpoint(done)  # under the limit: hashed by default
+
+
+def flip_byte(path, offset: int = -20) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
