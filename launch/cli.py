@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
         help="continue RUN_DIR (or --run-dir) from its last complete checkpoint, with its saved config.yaml",
     )
+    train.add_argument(
+        "--from", dest="resume_from", default=None, metavar="step-N|CHECKPOINT_DIR",
+        help="with --resume: continue from this checkpoint instead of the latest; the newer ones are moved "
+        "to RUN_DIR/checkpoints/abandoned-<time>/ (not deleted)",
+    )
+    train.add_argument(
+        "--verify", action="store_true",
+        help="with --resume: check every checkpoint file's sha256 against its manifest, whatever the size "
+        "(by default only checkpoints under 2 GB are hashed; larger ones get a size check)",
+    )
     train.set_defaults(handler=_train)
 
     for kind, text in (
@@ -114,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"
     )
-    tiny.add_argument("dir", help="output directory; gets policy/ and reward/")
+    tiny.add_argument("dir", help="output directory (new or empty); gets policy/, reward/ and tiny.json")
+    tiny.add_argument("--force", action="store_true", help="replace DIR even if it is not empty (built beside it, then swapped in: never half a model)")
     tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     tiny.add_argument("--vocab-size", type=int, default=512)
     tiny.add_argument("--hidden-size", type=int, default=128, help="64 x heads (head_dim 64 for vLLM)")
@@ -180,8 +191,11 @@ def _train(args: argparse.Namespace) -> int:
                     f"--resume continues with RUN_DIR/config.yaml; drop {' '.join(args.items)!r} "
                     "(to change the config, start a new run)"
                 )
-            train(load_resume_config(Path(run_dir)), Path(run_dir), progress=progress, resume=True)
+            train(load_resume_config(Path(run_dir)), Path(run_dir), progress=progress, resume=True,
+                  resume_from=args.resume_from, verify=args.verify)
             return 0
+        if args.resume_from is not None or args.verify:
+            raise UserError("--from and --verify choose and check the checkpoint to continue from; add --resume RUN_DIR")
         path, overrides = split_config_args(args.items)
         cfg = load_config(path, overrides)
         train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress)
@@ -271,6 +285,8 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from pydantic import ValidationError
 
     from rlhf_dist.config import TinyModelConfig
@@ -288,6 +304,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
         raise UserError(f"bad tiny-model size: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     if spec.hidden_size % spec.num_heads:
         raise UserError(f"--hidden-size {spec.hidden_size} is not divisible by --heads {spec.num_heads}")
-    paths = make_tiny(args.dir, spec, seed=args.seed)
+    out = Path(args.dir)
+    if not args.force and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"make-tiny: {out} already exists and is not empty; nothing was changed. Give a new or "
+                        "empty directory, or add --force to replace it")
+    paths = make_tiny(out, spec, seed=args.seed, replace=args.force)
     print(f"policy model: {paths.policy}\nreward model: {paths.reward}")
     return 0

@@ -29,33 +29,38 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def prepare_run_dir(run_dir: Path) -> Path:
-    """Create the run directory; refuse one that already holds a run (nothing gets overwritten)."""
-    if (run_dir / "metrics.jsonl").exists():
-        raise UserError(
-            f"run directory {str(run_dir)!r} already holds a run (metrics.jsonl); pick a new --run-dir"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the run directory {str(run_dir)!r}: {exc.strerror}; pick another --run-dir") from None
-    return run_dir
+    """Create and mark the run directory, or reuse one of ours with no completed step; refuse
+    anything else untouched (rlhf_dist/rundir.py)."""
+    from rlhf_dist.rundir import claim_run_dir
+
+    return claim_run_dir(run_dir)
 
 
-def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path) -> str:
-    """The policy's directory: model.path, or a tiny model built into the run directory."""
+def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path, resume: bool = False) -> str:
+    """The policy's directory: model.path, or a tiny model built into the run directory.
+
+    A tiny model already there is reused if it was made from this config's ``model.tiny`` and
+    seed; otherwise a resumed run is refused, and a new run (in a dir whose earlier run failed
+    before its first step) rebuilds it.
+    """
     if model.path is not None:
         if model.path.startswith(("/", ".")) and not Path(model.path).exists():
             raise UserError(f"model.path {model.path!r} does not exist; point it at a Hugging Face model directory")
         return model.path
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.tiny import make_tiny, tiny_mismatch
 
-    built = run_dir / "tiny-model" / "policy"
-    if (built / "config.json").exists():  # a resumed run: the model this run started from
-        return str(built)
-    return str(make_tiny(run_dir / "tiny-model", model.tiny, seed=seed).policy)
+    built = run_dir / "tiny-model"
+    if (built / "policy" / "config.json").exists():
+        differs = tiny_mismatch(built, model.tiny, seed)
+        if differs is None:
+            return str(built / "policy")
+        if resume:
+            raise UserError(
+                f"the tiny model this run started from, {built}, disagrees with {run_dir}/config.yaml: {differs}; "
+                "put config.yaml back as the run wrote it, or start a new run"
+            )
+        print(f"rebuilding {built}: the one left there by an earlier attempt has {differs}")
+    return str(make_tiny(built, model.tiny, seed=seed).policy)
 
 
 def load_resume_config(run_dir: Path) -> RunConfig:
@@ -68,37 +73,32 @@ def load_resume_config(run_dir: Path) -> RunConfig:
     return load_config(str(saved))
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    from rlhf_dist.checkpoint import checkpoint_dirs
-
-    done = checkpoint_dirs(run_dir)
-    if not done:
-        raise UserError(
-            f"--resume {str(run_dir)!r}: no complete checkpoint under {run_dir}/checkpoints (one is written every "
-            "checkpoint.every steps); start a new run instead"
-        )
-    return done[-1]
-
-
 def train(
-    cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False
+    cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False,
+    resume_from: str | None = None, verify: bool = False,
 ) -> RunResult:
-    """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint."""
+    """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint, or from
+    ``resume_from`` (``step-N`` or a checkpoint directory), checked against its manifest (every
+    file's hash with ``verify``)."""
     from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
     from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.rundir import abandon_newer, resume_checkpoint
 
     checkpoint = None
     if resume:
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = resume_checkpoint(run_dir, resume_from, verify)
         print(f"resuming {run_dir} from {checkpoint.name}")
     else:
         run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-    model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
+    model_path = resolve_model_path(cfg.model, cfg.seed, run_dir, resume)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
     train_prompts, eval_prompts = load_run_prompts(cfg, tokenizer)
     probe_ids = tokenizer(PROBE_TEXT).input_ids
+    if checkpoint is None:  # every check passed, in a run dir of ours: now the config goes in
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    elif resume_from is not None:  # the newer checkpoints leave the resume line (moved, not deleted)
+        abandon_newer(run_dir, checkpoint)
 
     from launch.roles import build_roles, start_ray, stop_roles
     from rlhf_dist.driver import Driver

@@ -3,7 +3,8 @@
 `make_tiny(out_dir)` writes two Hugging Face model directories, each with its tokenizer:
 
 - ``out_dir/policy``: a causal LM (Llama or Qwen2 architecture),
-- ``out_dir/reward``: a scalar reward model (``AutoModelForSequenceClassification``, num_labels=1).
+- ``out_dir/reward``: a scalar reward model (``AutoModelForSequenceClassification``, num_labels=1),
+- ``out_dir/tiny.json``: the spec and seed they were made from.
 
 Both load with ``from_pretrained`` and in vLLM; head_dim is 64 because vLLM's CPU attention
 rejects small head dims.
@@ -11,15 +12,20 @@ rejects small head dims.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlhf_dist.config.schema import TinyModelConfig
+from rlhf_dist.errors import UserError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+SPEC_FILE = "tiny.json"  # the spec and seed a tiny model was made from, to tell a stale one apart
 
 # Words of the synthetic corpus the tokenizer is trained on; covers the builtin toy tasks.
 _WORDS = (
@@ -113,13 +119,23 @@ def tiny_model_config(spec: TinyModelConfig, tokenizer, num_labels: int | None =
 
 
 def make_tiny(
-    out_dir: str | Path, spec: TinyModelConfig | None = None, seed: int = 0
+    out_dir: str | Path, spec: TinyModelConfig | None = None, seed: int = 0, replace: bool = False
 ) -> TinyModelPaths:
-    """Write a random-init policy and reward model, each with the same local tokenizer."""
+    """Write a random-init policy and reward model, each with the same local tokenizer, and
+    ``tiny.json`` (the spec and seed they were made from).
+
+    Everything is built in a temporary sibling and renamed into place, so ``out_dir`` is never
+    half a model. An existing non-empty ``out_dir`` is replaced only when it is an earlier tiny
+    model, or with ``replace``; anything else is refused untouched.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rlhf_dist.checkpoint import publish_dir
 
     spec = spec or TinyModelConfig()
     out = Path(out_dir)
+    if out.exists() and not replace and not _is_tiny_dir(out) and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} is not empty and is not a tiny model; pick a new or empty directory")
     paths = TinyModelPaths(policy=out / "policy", reward=out / "reward")
     tokenizer = train_tokenizer(spec.vocab_size, seed=seed)
     torch.manual_seed(seed)
@@ -128,8 +144,49 @@ def make_tiny(
     reward = AutoModelForSequenceClassification.from_config(
         tiny_model_config(spec, tokenizer, num_labels=1)
     ).float()
-    for model, path in ((policy, paths.policy), (reward, paths.reward)):
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path, safe_serialization=True)
-        tokenizer.save_pretrained(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for model, name in ((policy, "policy"), (reward, "reward")):
+            model.save_pretrained(tmp / name, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / name)
+        (tmp / SPEC_FILE).write_text(json.dumps({"spec": spec.model_dump(), "seed": seed}, indent=1))
+        if out.exists() and not out.is_dir():
+            out.unlink()  # only reached with replace
+        publish_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def _is_tiny_dir(path: Path) -> bool:
+    """An earlier `make_tiny` output: its spec file, or (older ones) just policy/ and reward/."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    return SPEC_FILE in names or (names == {"policy", "reward"} and (path / "policy" / "config.json").is_file())
+
+
+def tiny_mismatch(out_dir: Path, spec: TinyModelConfig, seed: int) -> str | None:
+    """How the tiny model in ``out_dir`` differs from ``spec`` and ``seed`` (None: it matches).
+
+    Reads ``tiny.json``; for tiny models written before it existed, compares the shape in
+    ``policy/config.json`` (the seed cannot be checked there).
+    """
+    out = Path(out_dir)
+    try:
+        made = json.loads((out / SPEC_FILE).read_text())
+        have = {**made["spec"], "seed": made["seed"]}
+        want = {**spec.model_dump(), "seed": seed}
+    except FileNotFoundError:
+        config = json.loads((out / "policy" / "config.json").read_text())
+        have = {"arch": config.get("model_type"), "hidden_size": config.get("hidden_size"),
+                "num_layers": config.get("num_hidden_layers"), "num_heads": config.get("num_attention_heads"),
+                "intermediate_size": config.get("intermediate_size"),
+                "max_position_embeddings": config.get("max_position_embeddings")}
+        want = {k: getattr(spec, k) for k in have}
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"its {SPEC_FILE} is unreadable ({exc})"
+    diffs = [f"{k} {have.get(k)!r} (config: {v!r})" for k, v in want.items() if have.get(k) != v]
+    return ", ".join(diffs) or None

@@ -7,12 +7,18 @@ test_data.py and test_rewards.py; these are the paths, tokenizer, run-directory 
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from launch.cli import main
+from rlhf_dist.checkpoint import checkpoint_dirs, save_tree, write_checkpoint, write_json
 from rlhf_dist.tiny import make_tiny
+from tests.unit.test_rundir import dataset_folder, snapshot, user_project
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +130,161 @@ def test_resume_without_a_checkpoint(capsys, tmp_path):
 def test_resume_with_overrides_is_refused(capsys, tmp_path):
     code, err = train(capsys, "steps=9", "--resume", str(tmp_path))
     assert code == 2 and "--resume continues with RUN_DIR/config.yaml" in err
+
+
+# -- run directories, make-tiny, damaged checkpoints: the CLI as a subprocess, files checksummed ------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[2])
+    assert "Traceback" not in out.stdout + out.stderr
+    return out
+
+
+@pytest.mark.parametrize("make", [user_project, dataset_folder])
+def test_a_folder_that_is_not_ours_as_run_dir_is_refused_and_left_byte_identical(tmp_path, make):
+    folder = make(tmp_path / "folder")
+    before = snapshot(folder)
+    out = cli("train", "--run-dir", str(folder))
+    assert out.returncode == 2
+    assert "is a non-empty directory that rlhf-dist did not create" in out.stderr and "nothing in it was changed" in out.stderr
+    assert snapshot(folder) == before
+
+
+def test_make_tiny_refuses_a_non_empty_dir_and_force_replaces_it(tmp_path):
+    folder = user_project(tmp_path / "folder")
+    before = snapshot(folder)
+    out = cli("make-tiny", str(folder))
+    assert out.returncode == 2 and "is not empty; nothing was changed" in out.stderr and "--force" in out.stderr
+    assert snapshot(folder) == before
+    out = cli("make-tiny", str(folder), "--hidden-size", "64", "--heads", "1", "--force")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["policy", "reward", "tiny.json"]
+    assert json.loads((folder / "policy" / "config.json").read_text())["hidden_size"] == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "no temp or .old dir left beside it"
+
+
+def _run_dir_with_tiny(tmp_path: Path, tiny) -> Path:
+    from rlhf_dist.rundir import claim_run_dir
+
+    run_dir = claim_run_dir(tmp_path / "run")
+    shutil.copytree(tiny.policy.parent, run_dir / "tiny-model")  # the default shape, hidden_size 128
+    return run_dir
+
+
+def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_by_a_new_run(tmp_path, tiny):
+    run_dir = _run_dir_with_tiny(tmp_path, tiny)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")  # fails after the model is resolved, before Ray
+    out = cli("train", "model.tiny.hidden_size=64", "model.tiny.num_heads=1", f"data.prompts={empty}",
+              "--run-dir", str(run_dir))
+    assert out.returncode == 2 and "holds no prompts" in out.stderr
+    assert "rebuilding" in out.stdout and "hidden_size 128 (config: 64)" in out.stdout
+    assert json.loads((run_dir / "tiny-model" / "policy" / "config.json").read_text())["hidden_size"] == 64
+
+
+def test_a_leftover_tiny_model_of_another_shape_is_refused_on_resume(tmp_path, tiny):
+    from rlhf_dist.config import dump_config, load_config
+
+    run_dir = _run_dir_with_tiny(tmp_path, tiny)
+    (run_dir / "config.yaml").write_text(dump_config(load_config(None, ["model.tiny.hidden_size=64", "model.tiny.num_heads=1"])))
+    write_checkpoint(run_dir, 2, keep_last=2, write=_fake_state(2))
+    before = snapshot(run_dir)
+    out = cli("train", "--resume", str(run_dir))
+    assert out.returncode == 2
+    assert "disagrees with" in out.stderr and "hidden_size 128 (config: 64)" in out.stderr and "start a new run" in out.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path, monkeypatch):
+    """The first attempt fails on its prompt file after claiming the dir; the rerun with the same
+    --run-dir passes every check and gets as far as starting Ray. So does a rerun in a dir left by
+    a run that died after opening metrics.jsonl (ours, no completed step)."""
+    import launch.roles
+
+    class StartedRay(Exception):
+        pass
+
+    def start_ray(cfg):
+        raise StartedRay
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    run_dir = tmp_path / "run"
+    out = cli("train", f"data.prompts={empty}", "--run-dir", str(run_dir))
+    assert out.returncode == 2 and "holds no prompts" in out.stderr
+    assert not (run_dir / "config.yaml").exists(), "config.yaml is written only after every check passed"
+
+    died = tmp_path / "died"
+    died.mkdir()
+    (died / "config.yaml").write_text("steps: 3\n")  # a run from before the marker, died before step 0 ended
+    (died / "metrics.jsonl").write_text("")
+    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
+    for again in (run_dir, died):
+        with pytest.raises(StartedRay):
+            main(["train", "--run-dir", str(again)])
+        assert (again / "config.yaml").read_text().startswith("name:")
+
+
+def _fake_state(step: int):
+    """A stand-in for a run checkpoint's files (the real ones are checked in tests/e2e/test_resume_from.py)."""
+    def write(tmp):
+        return [save_tree({"w": torch.full((64,), float(step))}, tmp / "state.safetensors"),
+                write_json(tmp / "driver_state.json", {"steps_done": step})]
+
+    return write
+
+
+def _run_with_checkpoints(tmp_path: Path, *steps: int) -> Path:
+    from rlhf_dist.config import dump_config, load_config
+    from rlhf_dist.rundir import claim_run_dir
+
+    run_dir = claim_run_dir(tmp_path / "run")
+    (run_dir / "config.yaml").write_text(dump_config(load_config(None, [])))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(max(steps))))
+    for step in steps:
+        write_checkpoint(run_dir, step, keep_last=5, write=_fake_state(step))
+    return run_dir
+
+
+def test_a_corrupt_latest_checkpoint_names_the_file_and_the_command_for_the_previous_good_one(tmp_path):
+    run_dir = _run_with_checkpoints(tmp_path, 2, 4)
+    state = run_dir / "checkpoints" / "step-000004" / "state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-8] ^= 0x01  # one bit of one byte
+    state.write_bytes(bytes(data))
+    before = snapshot(run_dir)
+    out = cli("train", "--resume", str(run_dir))
+    assert out.returncode == 2
+    assert "step-000004 is damaged: state.safetensors does not match its sha256" in out.stderr
+    assert "The previous good checkpoint is step-000002" in out.stderr
+    assert f"rlhf-dist train --resume {run_dir} --from step-000002" in out.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_resume_from_step_n_moves_the_newer_checkpoints_to_abandoned(tmp_path, monkeypatch, capsys):
+    import launch.roles
+
+    class StartedRay(Exception):
+        pass
+
+    def start_ray(cfg):
+        raise StartedRay
+
+    run_dir = _run_with_checkpoints(tmp_path, 2, 4, 6)
+    newer = {name: snapshot(run_dir / "checkpoints" / name) for name in ("step-000004", "step-000006")}
+    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
+    code, err = train(capsys, "--resume", str(run_dir), "--from", "step-000007")
+    assert code == 2 and "has no complete checkpoint step-000007; it has step-000002, step-000004, step-000006" in err
+    with pytest.raises(StartedRay):
+        main(["train", "--resume", str(run_dir), "--from", "step-2", "--verify"])
+    (abandoned,) = (run_dir / "checkpoints").glob("abandoned-*")
+    assert {name: snapshot(abandoned / name) for name in newer} == newer
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-000002"]
+    assert f"moved the checkpoints after step-000002 (step-000004, step-000006) to {abandoned}/" in capsys.readouterr().out
+
+
+def test_from_and_verify_need_resume(capsys):
+    code, err = train(capsys, "--from", "step-2")
+    assert code == 2 and "add --resume RUN_DIR" in err
