@@ -17,6 +17,8 @@ import torch
 
 from launch.cli import main
 from rlhf_dist.checkpoint import checkpoint_dirs, save_tree, write_checkpoint, write_json
+from rlhf_dist.errors import UserError
+from rlhf_dist.rundir import MARKER, claim_run_dir
 from rlhf_dist.tiny import make_tiny
 from tests.unit.test_rundir import dataset_folder, snapshot, user_project
 
@@ -166,22 +168,33 @@ def test_make_tiny_refuses_a_non_empty_dir_and_force_replaces_it(tmp_path):
 
 
 def _run_dir_with_tiny(tmp_path: Path, tiny) -> Path:
-    from rlhf_dist.rundir import claim_run_dir
-
     run_dir = claim_run_dir(tmp_path / "run")
     shutil.copytree(tiny.policy.parent, run_dir / "tiny-model")  # the default shape, hidden_size 128
     return run_dir
 
 
-def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_by_a_new_run(tmp_path, tiny):
-    run_dir = _run_dir_with_tiny(tmp_path, tiny)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")  # fails after the model is resolved, before Ray
-    out = cli("train", "model.tiny.hidden_size=64", "model.tiny.num_heads=1", f"data.prompts={empty}",
-              "--run-dir", str(run_dir))
-    assert out.returncode == 2 and "holds no prompts" in out.stderr
-    assert "rebuilding" in out.stdout and "hidden_size 128 (config: 64)" in out.stdout
+REACHED_RAY = "stopped where Ray would start (test)"
+
+
+@pytest.fixture
+def stop_at_ray(monkeypatch):
+    """Runs that pass every check stop where Ray would start, with a line of their own."""
+    import launch.roles
+
+    def start_ray(cfg):
+        raise UserError(REACHED_RAY)
+
+    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
+
+
+def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_by_a_new_run(tmp_path, tiny, capsys, stop_at_ray):
+    run_dir = _run_dir_with_tiny(tmp_path, tiny)  # left by an attempt that failed before its first step
+    code = main(["train", "model.tiny.hidden_size=64", "model.tiny.num_heads=1", "--run-dir", str(run_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and REACHED_RAY in err and "Traceback" not in err
+    assert "rebuilding" in out and "hidden_size 128 (config: 64)" in out
     assert json.loads((run_dir / "tiny-model" / "policy" / "config.json").read_text())["hidden_size"] == 64
+    assert json.loads((run_dir / "tiny-model" / "tiny.json").read_text())["spec"]["hidden_size"] == 64
 
 
 def test_a_leftover_tiny_model_of_another_shape_is_refused_on_resume(tmp_path, tiny):
@@ -197,34 +210,45 @@ def test_a_leftover_tiny_model_of_another_shape_is_refused_on_resume(tmp_path, t
     assert snapshot(run_dir) == before
 
 
-def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path, monkeypatch):
-    """The first attempt fails on its prompt file after claiming the dir; the rerun with the same
-    --run-dir passes every check and gets as far as starting Ray. So does a rerun in a dir left by
-    a run that died after opening metrics.jsonl (ours, no completed step)."""
+def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path, capsys, monkeypatch):
+    """A run that fails where Ray starts (after claiming the dir, building the tiny model and writing
+    config.yaml), or one that died after opening metrics.jsonl, leaves a dir the same command may
+    use again: the rerun passes every check and gets as far as starting Ray."""
     import launch.roles
 
-    class StartedRay(Exception):
-        pass
+    def ray_fails(cfg):
+        raise UserError("Ray did not start (test)")
 
-    def start_ray(cfg):
-        raise StartedRay
-
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
+    monkeypatch.setattr(launch.roles, "start_ray", ray_fails)
     run_dir = tmp_path / "run"
-    out = cli("train", f"data.prompts={empty}", "--run-dir", str(run_dir))
-    assert out.returncode == 2 and "holds no prompts" in out.stderr
-    assert not (run_dir / "config.yaml").exists(), "config.yaml is written only after every check passed"
+    code, err = train(capsys, "--run-dir", str(run_dir))
+    assert code == 2 and "Ray did not start" in err
+    assert {MARKER, "config.yaml", "tiny-model"} <= {p.name for p in run_dir.iterdir()}
 
-    died = tmp_path / "died"
-    died.mkdir()
-    (died / "config.yaml").write_text("steps: 3\n")  # a run from before the marker, died before step 0 ended
-    (died / "metrics.jsonl").write_text("")
-    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
-    for again in (run_dir, died):
-        with pytest.raises(StartedRay):
-            main(["train", "--run-dir", str(again)])
+    died = claim_run_dir(tmp_path / "died")  # died after opening its metrics, before step 0 ended
+    (died / "config.yaml").write_text("steps: 3\n")
+    (died / "metrics.jsonl").write_text('{"step": 0, "rew')
+    (died / "tensorboard").mkdir()
+    legacy = tmp_path / "legacy"  # the same, from before the marker
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text("steps: 3\n")
+    (legacy / "metrics.jsonl").write_text("")
+
+    def reached_ray(cfg):
+        raise UserError(REACHED_RAY)
+
+    monkeypatch.setattr(launch.roles, "start_ray", reached_ray)
+    for again in (run_dir, died, legacy):
+        code, err = train(capsys, "--run-dir", str(again))
+        assert code == 2 and REACHED_RAY in err, err
         assert (again / "config.yaml").read_text().startswith("name:")
+
+
+def test_config_yaml_is_written_only_after_every_check(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, err = train(capsys, "rollout.prompts_per_step=4096", "learner.mini_batch_size=4096", "--run-dir", str(run_dir))
+    assert code == 2 and "fewer than rollout.prompts_per_step=4096" in err
+    assert run_dir.is_dir() and not (run_dir / "config.yaml").exists()
 
 
 def _fake_state(step: int):
@@ -238,7 +262,6 @@ def _fake_state(step: int):
 
 def _run_with_checkpoints(tmp_path: Path, *steps: int) -> Path:
     from rlhf_dist.config import dump_config, load_config
-    from rlhf_dist.rundir import claim_run_dir
 
     run_dir = claim_run_dir(tmp_path / "run")
     (run_dir / "config.yaml").write_text(dump_config(load_config(None, [])))
@@ -263,26 +286,16 @@ def test_a_corrupt_latest_checkpoint_names_the_file_and_the_command_for_the_prev
     assert snapshot(run_dir) == before
 
 
-def test_resume_from_step_n_moves_the_newer_checkpoints_to_abandoned(tmp_path, monkeypatch, capsys):
-    import launch.roles
-
-    class StartedRay(Exception):
-        pass
-
-    def start_ray(cfg):
-        raise StartedRay
-
+def test_resume_from_step_n_moves_the_newer_checkpoints_to_abandoned(tmp_path, capsys, stop_at_ray):
     run_dir = _run_with_checkpoints(tmp_path, 2, 4, 6)
     newer = {name: snapshot(run_dir / "checkpoints" / name) for name in ("step-000004", "step-000006")}
-    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
     code, err = train(capsys, "--resume", str(run_dir), "--from", "step-000007")
     assert code == 2 and "has no complete checkpoint step-000007; it has step-000002, step-000004, step-000006" in err
-    with pytest.raises(StartedRay):
-        main(["train", "--resume", str(run_dir), "--from", "step-2", "--verify"])
+    code, err = train(capsys, "--resume", str(run_dir), "--from", "step-2", "--verify")
+    assert code == 2 and REACHED_RAY in err
     (abandoned,) = (run_dir / "checkpoints").glob("abandoned-*")
     assert {name: snapshot(abandoned / name) for name in newer} == newer
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-000002"]
-    assert f"moved the checkpoints after step-000002 (step-000004, step-000006) to {abandoned}/" in capsys.readouterr().out
 
 
 def test_from_and_verify_need_resume(capsys):
