@@ -30,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rlhf-dist: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:  # not foreseen: still one line (CONTRACTS: no traceback without --debug)
+        if debug:
+            raise
+        first = (str(exc).strip() or "no message").splitlines()[0]
+        print(f"rlhf-dist: failed: {type(exc).__name__}: {first}; rerun with --debug for the traceback", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +273,9 @@ def _plan(args: argparse.Namespace) -> int:
     elif args.address:
         nodes, where = cluster.state_api_nodes(args.address, args.token), f"the cluster at {args.address}"
     else:
+        from launch.preflight import warn_local_plan
+
+        warn_local_plan(cfg)
         nodes, where = cluster.local_nodes(cfg), "this machine (a local Ray)"
     print(f"placement for {where}:\n{plan_placement(cfg, nodes).table()}")
     return 0

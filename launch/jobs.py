@@ -1,9 +1,9 @@
 """Submitting runs to a Ray cluster through the Ray Jobs API, and following them.
 
-`rlhf-dist submit` validates the config here, before anything reaches the cluster, and ships the
-project directory as the job's working_dir with the resolved YAML in an environment variable; the
-job runs `python -m launch train env:RLHF_DIST_CONFIG_YAML`, which joins the cluster through
-RAY_ADDRESS.
+`rlhf-dist submit` validates the config and what else it can here (launch/preflight.py), before
+anything reaches the cluster, and ships the project directory as the job's working_dir with the
+resolved YAML in an environment variable; the job runs `python -m launch train
+env:RLHF_DIST_CONFIG_YAML`, which joins the cluster through RAY_ADDRESS.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def _token_file() -> str | None:
 
 
 def submit(cfg: RunConfig, address: str, token: str | None = None, python: str = "python") -> str:
+    from launch.preflight import preflight_submit
+
+    preflight_submit(cfg, PROJECT_DIR, [e for e in EXCLUDES if "*" not in e])  # before the cluster sees it
     client = job_client(address, token)
     # The resolved config travels as an environment variable of the job: `train env:VAR` reads it.
     run_dir = f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

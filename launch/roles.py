@@ -15,6 +15,7 @@ from actors.reward import RewardScorer
 from actors.rollout import RolloutWorker
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
+from rlhf_dist.errors import UserError
 from rlhf_dist.remote import Roles, gather
 from rlhf_dist.placement import Plan, PlacementError, plan_placement
 
@@ -41,13 +42,31 @@ def start_ray_cpus(needed_cpus: float) -> bool:
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": actor_env()}
     if address:
-        ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
+        _init_ray(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(
+        _init_ray(
             address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(needed_cpus)), include_dashboard=False,
             namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True,
         )
     return True
+
+
+def _init_ray(**options) -> None:
+    """``ray.init``, tried twice: on a loaded machine a local start can time out waiting for its
+    own processes, and a second try usually succeeds. Then one clear line, not Ray's traceback."""
+    for attempt in (1, 2):
+        try:
+            ray.init(**options)
+            return
+        except Exception as exc:
+            ray.shutdown()  # whatever the failed start left running
+            if attempt == 2:
+                reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                if options["address"] == "local":
+                    raise UserError(f"Ray did not start (tried twice: {reason}); the machine may be overloaded: "
+                                    "free some CPU or memory and run again") from exc
+                raise UserError(f"could not join the Ray cluster at RAY_ADDRESS={options['address']} (tried twice: "
+                                f"{reason}); is its head running (`ray status`)? Or unset RAY_ADDRESS") from exc
 
 
 def stop_roles(roles: Roles | None, shutdown: bool) -> None:

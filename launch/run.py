@@ -80,10 +80,12 @@ def train(
     """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint, or from
     ``resume_from`` (``step-N`` or a checkpoint directory), checked against its manifest (every
     file's hash with ``verify``)."""
+    from launch.preflight import preflight_train
     from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
     from rlhf_dist.models import load_tokenizer
     from rlhf_dist.rundir import abandon_newer, resume_checkpoint
 
+    preflight_train(cfg)  # user errors in seconds, before the run dir, a tiny model or Ray
     checkpoint = None
     if resume:
         checkpoint = resume_checkpoint(run_dir, resume_from, verify)

@@ -41,11 +41,13 @@ def run_stage(
 ) -> StageResult:
     """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``,
     and ``eval_rows``, when given, is the held-out set (all of ``rows`` then trains)."""
+    from launch.preflight import preflight_stage
     from launch.roles import start_ray_cpus, stop_roles
     from launch.run import prepare_run_dir, resolve_model_path
     from rlhf_dist.metrics import MetricsLogger
     from rlhf_dist.models import load_tokenizer
 
+    preflight_stage(kind, cfg, has_rows=rows is not None)  # user errors before the run dir, a tiny model or Ray
     run_dir = prepare_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)

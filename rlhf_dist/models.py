@@ -25,10 +25,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a missing, corrupt or foreign file: transformers raises many kinds
         raise UserError(
-            f"cannot load a tokenizer from {str(path)!r}: {exc}. Point model.path (or model.tokenizer) "
-            "at a Hugging Face model directory or hub name"
+            f"cannot load a tokenizer from {str(path)!r}: {_load_failure(exc)}; point model.path (or "
+            "model.tokenizer) at a Hugging Face model directory or hub name"
         ) from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
@@ -50,16 +50,24 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", trust_remote_code: 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not Path(str(path)).exists() and str(path).startswith(("/", ".")):
+    from rlhf_dist.preflight import looks_local
+
+    if not Path(str(path)).exists() and looks_local(str(path)):
         raise UserError(f"model directory {str(path)!r} does not exist; check model.path")
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             str(path), config=_zero_config_dropout(config), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
-    except OSError as exc:
-        raise UserError(f"cannot load a causal LM from {str(path)!r}: {exc}") from None
+    except Exception as exc:  # missing or truncated weights (SafetensorError), a bad config.json, ...
+        raise UserError(f"cannot load a causal LM from {str(path)!r}: {_load_failure(exc)}") from None
     return disable_dropout(model)
+
+
+def _load_failure(exc: Exception) -> str:
+    """transformers' reason in one line; the type too where the text alone is cryptic (KeyError: 'added_tokens')."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0].rstrip(".")
+    return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 
 def _is_dropout_field(name: str, value) -> bool:

@@ -61,7 +61,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     try:
         config = schema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, raw, schema) for err in exc.errors()], source) from None
+        raise ConfigError(_problems(exc.errors(), raw, schema), source) from None
     checks = {RunConfig: validate_config, StageConfig: validate_stage_config}
     problems = checks[schema](config)
     if problems:
@@ -70,6 +70,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; a missing, binary, non-UTF-8, empty or malformed file, or one
+    that gives a key twice, is a `ConfigError` naming the file, the line and the fix."""
     if not path.exists():
         raise ConfigError(
             [f"config file {str(path)!r} does not exist; pass an existing YAML file, or none for the default"]
@@ -77,16 +79,74 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError([f"config path {str(path)!r} is a directory; pass a YAML file"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file {str(path)!r}: {exc.strerror}"]) from None
+    return parse_yaml_text(_decode(data, str(path)), str(path))
+
+
+def _decode(data: bytes, source: str) -> str:
+    if b"\x00" in data[:8192]:
+        raise ConfigError([f"{source} is a binary file, not YAML text; pass a YAML config file"])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"{source} line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as UTF-8"]
+        ) from None
+
+
+def parse_yaml_text(text: str, source: str) -> dict[str, Any]:
+    """A config mapping from YAML text. An empty document is an error, not a silent default: it is
+    most often a file saved before it was written (``{}`` asks for the schema defaults)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _refuse_duplicate_keys(node, [], source, set())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: it has a position, no mark
+            where = f" at line {text[: exc.position].count(chr(10)) + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{source} is not valid YAML{where}: {problem}"]) from None
     if data is None:
-        return {}
+        raise ConfigError([
+            f"{source} is empty (no settings); write the settings that differ from the defaults "
+            "(`rlhf-dist config show` prints a whole config to start from), or give no config file for "
+            "the embedded default run"
+        ])
     if not isinstance(data, dict):
-        raise ConfigError([f"{path} must hold a mapping of sections (model:, rollout:, ...), got {type(data).__name__}"])
+        raise ConfigError([f"{source} must hold a mapping of sections (model:, rollout:, ...), got {type(data).__name__}"])
     return data
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: list[str], source: str, seen: set[int]) -> None:
+    """PyYAML keeps the last of two equal keys without a word; a config that sets ``lr`` twice is
+    more likely a mistake than a wish, so name the key and both lines."""
+    if id(node) in seen:  # an alias visits its anchor's node again
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, str(key_node.value)) if isinstance(key_node, yaml.ScalarNode) else None
+            child = [*path, key[1] if key else "?"]
+            if key is not None and key in first_line:
+                raise ConfigError([
+                    f"{source}: key {'.'.join(child)!r} is given twice, at lines {first_line[key]} and "
+                    f"{key_node.start_mark.line + 1}; keep one"
+                ])
+            if key is not None:
+                first_line[key] = key_node.start_mark.line + 1
+            _refuse_duplicate_keys(value_node, child, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, [*path, str(i)], source, seen)
 
 
 def _yaml_from_env(name: str) -> dict[str, Any]:
@@ -95,10 +155,7 @@ def _yaml_from_env(name: str) -> dict[str, Any]:
 
     if name not in os.environ:
         raise ConfigError([f"config env:{name}: environment variable {name} is not set"])
-    data = yaml.safe_load(os.environ[name]) or {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"config env:{name} must hold a mapping of sections"])
-    return data
+    return parse_yaml_text(os.environ[name], f"env:{name}")
 
 
 def dump_config(config: RunConfig) -> str:
@@ -211,6 +268,14 @@ def _list_index(node: list[Any], part: str, path: str) -> int:
 # -- error messages --------------------------------------------------------------------------------
 
 
+def _problems(errors: list[dict[str, Any]], raw: dict[str, Any], root: type[BaseModel]) -> list[str]:
+    """One line per bad key. A NaN in a union field (a rule arg: str | int | float | bool) fails every
+    member; the "finite number" error says what is wrong, so the others are dropped."""
+    finite = {err["loc"][:-1] for err in errors if err["type"] == "finite_number"}
+    kept = [err for err in errors if err["type"] == "finite_number" or err["loc"][:-1] not in finite]
+    return list(dict.fromkeys(_describe(err, raw, root) for err in kept))
+
+
 def _describe(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] = RunConfig) -> str:
     """One line for one pydantic error: the dotted key path, the value seen, what is allowed."""
     path, parent = _field_path(err["loc"], root, unknown_key=err["type"] == "extra_forbidden")
@@ -220,6 +285,8 @@ def _describe(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] = 
     if err["type"] == "missing":
         return f"{dotted}: required key is missing"
     shown = _lookup(raw, path)
+    if err["type"] == "finite_number":
+        return f"{dotted}: got {shown!r}; NaN and inf are not allowed in a config, give a finite number"
     return f"{dotted}: got {shown!r}; {_lowercase_first(err['msg'])}"
 
 

@@ -7,13 +7,15 @@ fields live in :mod:`rlhf_dist.config.validate`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: NaN or inf in any float field (nested, optional, in a tuple or a dict) is
+    # an error; YAML's .nan/.inf and an override's `lr=nan` would otherwise reach the optimizer.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -194,12 +196,15 @@ class LoraConfig(Section):
     )
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # a moment decay rate of 1 never forgets: Adam's bias correction divides by 0
+
+
 class OptimizerConfig(Section):
     """AdamW (decoupled weight decay, rlhf_dist/distributed.py) and its LR schedule (rlhf_dist/schedule.py)."""
 
     lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate of the trained model: the policy, or a stage's model")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW moment decay rates (beta1, beta2)")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW moment decay rates (beta1, beta2), each in [0, 1)")
     eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon")
     scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="LR after warmup: constant, or linear/cosine decay to min_lr_ratio x lr at the run's last optimizer step"

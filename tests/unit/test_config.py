@@ -103,6 +103,79 @@ def test_missing_file_bad_yaml_and_bad_override(tmp_path):
     assert "is not of the form key=value" in problems("=3")
 
 
+def test_binary_and_non_utf8_files_name_the_file_and_line(tmp_path):
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\x8a\x00\x00\x00{\"__metadata__\"" + bytes(range(256)))
+    assert f"{binary} is a binary file, not YAML text" in problems(path=binary)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("steps: 3\nname: caf\u00e9\n".encode("latin-1"))
+    assert f"{latin} line 2: not UTF-8 text (byte 0xe9); save the file as UTF-8" in problems(path=latin)
+    control = tmp_path / "control.yaml"
+    control.write_bytes(b"steps: 3\nname: a\x07b\n")
+    assert "is not valid YAML at line 2: unacceptable character" in problems(path=control)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("\ufeffsteps: 3\n".encode("utf-8"))  # Windows editors write one: fine
+    assert load_config(bom).steps == 3
+
+
+def test_empty_yaml_is_an_error_and_braces_mean_schema_defaults(tmp_path):
+    from rlhf_dist.config import RunConfig
+
+    for text in ("", "\n\n", "# every setting commented out\n# steps: 3\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        assert "empty.yaml is empty (no settings)" in problems(path=empty)
+    braces = tmp_path / "defaults.yaml"
+    braces.write_text("{}\n")
+    assert load_config(braces) == RunConfig()
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("steps: 3\nlearner:\n  optimizer:\n    lr: 1.0e-5\n    eps: 1.0e-8\n    lr: 2.0e-5\n")
+    assert "key 'learner.optimizer.lr' is given twice, at lines 4 and 6; keep one" in problems(path=path)
+    path.write_text("steps: 3\nreward:\n  components:\n    - {type: rule, name: letters, name: format}\n")
+    assert "key 'reward.components.0.name' is given twice, at lines 4 and 4" in problems(path=path)
+    path.write_text("steps: 3\nname: a\nsteps: 4\n")
+    assert "key 'steps' is given twice, at lines 1 and 3" in problems(path=path)
+    # A merge key overriding a merged value, and an alias reused, are no duplicates.
+    path.write_text("learner:\n  optimizer: &opt {lr: 1.0e-5, eps: 1.0e-8}\nx: {<<: *opt, lr: 2.0e-5}\n")
+    assert "unknown key" in problems(path=path) and "given twice" not in problems(path=path)
+
+
+def test_nan_and_inf_are_rejected_in_every_float_field(tmp_path):
+    cases = {
+        "learner.optimizer.lr=nan": "learner.optimizer.lr: got 'nan'",  # a top-level-section float
+        "learner.optimizer.lr=.inf": "learner.optimizer.lr: got inf",
+        "reward.clip=.nan": "reward.clip: got nan",  # Optional[float]
+        "monitor.kl_budget=-.inf": "monitor.kl_budget: got -inf",
+        "reward.components.0.weight=inf": "reward.components.0.weight: got 'inf'",  # in a list of sections
+        "learner.optimizer.betas=[0.9, .nan]": "learner.optimizer.betas.1: got nan",  # in a tuple
+        "reward.components.0.args={x: .nan}": "reward.components.0.args: got {'x': nan}",  # in a dict of unions
+        "rollout.sampling.temperature=.nan": "rollout.sampling.temperature: got nan",
+    }
+    for override, shown in cases.items():
+        text = problems(override)
+        assert f"{shown}; NaN and inf are not allowed in a config, give a finite number" in text, override
+        assert "valid string" not in text and "valid boolean" not in text  # one line, not one per union member
+    path = tmp_path / "nan.yaml"
+    path.write_text("learner:\n  optimizer:\n    lr: .NaN\n")
+    assert "learner.optimizer.lr: got nan; NaN and inf" in problems(path=path)
+    from rlhf_dist.config.stages import StageConfig
+
+    with pytest.raises(ConfigError, match="beta: got inf; NaN and inf"):
+        load_config(None, ["beta=.inf"], schema=StageConfig)
+
+
+def test_adam_betas_must_lie_in_zero_to_one():
+    assert "learner.optimizer.betas.0: got 1.0; input should be less than 1" in problems("learner.optimizer.betas=[1.0, 0.999]")
+    assert "learner.optimizer.betas.1: got 1.5; input should be less than 1" in problems("learner.optimizer.betas=[0.9, 1.5]")
+    assert "learner.optimizer.betas.0: got -0.1; input should be greater than or equal to 0" in problems(
+        "learner.optimizer.betas=[-0.1, 0.9]"
+    )
+    assert load_config(None, ["learner.optimizer.betas=[0.0, 0.99]"]).learner.optimizer.betas == (0.0, 0.99)
+
+
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"name": "mine", "steps": 3, "learner": {"num_workers": 1}}))

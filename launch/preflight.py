@@ -1,0 +1,178 @@
+"""The preflight of each command: the checks of `rlhf_dist.preflight` that apply to it, made in a
+few seconds before Ray starts, so that a user error costs no cluster start-up.
+
+`train` and the stages check where they run. A local run also checks GPUs (an error) and cores (a
+warning) against this machine; a run joining a cluster through RAY_ADDRESS leaves resources to the
+planner, which sees the cluster's. `submit` checks what this machine can know about the job: its
+reward functions and its relative paths, which the job reads from the uploaded project directory.
+Problems are raised together as one `UserError`, a line each; warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rlhf_dist.config import RunConfig
+from rlhf_dist.config.schema import ModelConfig, RewardComponent
+from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.errors import UserError
+from rlhf_dist.preflight import (
+    ModelRef,
+    data_path_problem,
+    gpu_problem,
+    looks_local,
+    model_problems,
+    oversubscription_warning,
+    python_function_problem,
+)
+
+ROLES = ("rollout", "reward", "reference", "learner")
+
+
+def preflight_train(cfg: RunConfig) -> None:
+    """`rlhf-dist train` (and a resumed run, with its saved config)."""
+    problems = [p for spec, key in _python_rewards(cfg) if (p := python_function_problem(spec, key))]
+    problems += [p for path, key in _data_paths(cfg) if (p := data_path_problem(path, key, _prompt_reader(cfg, path, key)))]
+    problems += [p for task in _builtin_tasks(cfg) if (p := _builtin_problem(task))]
+    if _local():
+        problems += _gpu_problems({f"placement.{r}.num_gpus": getattr(cfg.placement, r).num_gpus for r in ROLES})
+        from launch.run import required_cpus
+
+        _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
+    problems += model_problems(_models(cfg))
+    _raise(problems)
+
+
+def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None:
+    """`rlhf-dist sft|rm|dpo`; ``has_rows``: the rows come from the caller (the demo), not data.path."""
+    from rlhf_dist.stage_data import load_rows
+
+    problems = []
+    if not has_rows:
+        if cfg.data.path is None:
+            problems.append(f"rlhf-dist {kind} needs data.path: a .jsonl or .parquet file, or a `datasets` directory")
+        elif p := data_path_problem(cfg.data.path, "data.path", lambda: load_rows(cfg.data)):
+            problems.append(p)
+    placement = getattr(cfg, "placement", None)  # stage placement arrives with issue 10
+    if _local():
+        if placement is not None:
+            problems += _gpu_problems({f"placement.{r}.num_gpus": getattr(placement, r).num_gpus
+                                       for r in ROLES if hasattr(placement, r)})
+        n = cfg.learner.num_workers
+        _warn(oversubscription_warning(0.5 * n, n, _cores(), "0.5 per learner rank"))
+    problems += model_problems(_policy_models(cfg.model))
+    _raise(problems)
+
+
+def preflight_submit(cfg: RunConfig, project_dir: Path, shipped_without: list[str]) -> None:
+    """What this machine can know about a job before the cluster sees it: relative paths are read from
+    the uploaded ``project_dir`` (less ``shipped_without``), so they must be there; a reward function
+    that does not import here is a warning, since the cluster may have it installed."""
+    problems = []
+    models = [(ref.path, ref.setting) for ref in _models(cfg) if looks_local(ref.path)]  # not hub names
+    for path, key in [*_data_paths(cfg), *models]:
+        if path.startswith(("/", "~")):
+            continue  # a path on the cluster's own disks
+        top = Path(path).parts[0]
+        if not (project_dir / path).exists() or top in shipped_without:
+            problems.append(
+                f"{key}={path!r}: a relative path is read from the job's copy of {project_dir}, and it is not "
+                f"{'shipped' if top in shipped_without else 'there'}; move it under {project_dir} (not in "
+                f"{', '.join(shipped_without)}), or give an absolute path that exists on the cluster"
+            )
+    for spec, key in _python_rewards(cfg):
+        problem = python_function_problem(spec, key, root=str(project_dir))
+        _warn(problem and f"{problem} (here; the job will fail unless the cluster's Python has it)")
+    _raise(problems)
+
+
+def warn_local_plan(cfg: RunConfig) -> None:
+    """`rlhf-dist plan` for this machine: the same warning a local train run gives."""
+    from launch.run import required_cpus
+
+    _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
+
+
+def _python_rewards(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(module:function, config key) of every Python reward, the gold one included."""
+    found = [(c, f"reward.components.{i}.path") for i, c in enumerate(cfg.reward.components)]
+    gold = cfg.reward.gold_component()
+    if gold is not None:
+        found.append((gold, "reward.gold" if isinstance(cfg.reward.gold, str) else "reward.gold.path"))
+    return [(c.path, key) for c, key in found if c.type == "python" and c.path]
+
+
+def _data_paths(cfg: RunConfig) -> list[tuple[str, str]]:
+    paths = [(cfg.data.prompts, "data.prompts"), (cfg.eval.prompts, "eval.prompts")]
+    return [(p, key) for p, key in paths if p and not p.startswith("builtin:")]
+
+
+def _prompt_reader(cfg: RunConfig, path: str, key: str):
+    from rlhf_dist.data.reader import read_table
+
+    return lambda: read_table(path, split=cfg.data.split, setting=key, what="prompts")
+
+
+def _builtin_tasks(cfg: RunConfig) -> list[str]:
+    return [p for p in (cfg.data.prompts, cfg.eval.prompts) if p and p.startswith("builtin:")]
+
+
+def _builtin_problem(source: str) -> str | None:
+    from rlhf_dist.data.prompts import BUILTIN_PREFIX, builtin_prompts
+
+    try:
+        builtin_prompts(source[len(BUILTIN_PREFIX):], 1, 0)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _policy_models(model: ModelConfig) -> list[ModelRef]:
+    refs = []
+    if model.path is not None:
+        refs.append(ModelRef("model.path", model.path, tokenizer=model.tokenizer is None))
+    if model.tokenizer is not None:
+        refs.append(ModelRef("model.tokenizer", model.tokenizer, weights=False, tokenizer=True))
+    return refs
+
+
+def _models(cfg: RunConfig) -> list[ModelRef]:
+    refs = _policy_models(cfg.model)
+    if cfg.reference.path is not None:
+        refs.append(ModelRef("reference.path", cfg.reference.path))
+    components: list[tuple[RewardComponent, str]] = [
+        (c, f"reward.components.{i}.path") for i, c in enumerate(cfg.reward.components)
+    ]
+    if isinstance(cfg.reward.gold, RewardComponent):
+        components.append((cfg.reward.gold, "reward.gold.path"))
+    refs += [ModelRef(key, c.path, tokenizer=True) for c, key in components if c.type == "model" and c.path]
+    return refs
+
+
+def _gpu_problems(requests: dict[str, float]) -> list[str]:
+    if not any(v > 0 for v in requests.values()):
+        return []  # no torch import for a CPU run
+    import torch
+
+    problem = gpu_problem(requests, torch.cuda.device_count())
+    return [problem] if problem else []
+
+
+def _local() -> bool:
+    return not os.environ.get("RAY_ADDRESS")
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _warn(message: str | None) -> None:
+    if message:
+        print(f"rlhf-dist: warning: {message}", file=sys.stderr)
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise UserError("\n".join(dict.fromkeys(problems)))

@@ -1,0 +1,216 @@
+"""User errors caught before Ray starts (issue 8: items 2 and 4): the CLI run in a subprocess, as a
+user runs it, from a folder of the user's files. Each refused run exits 2 with the config key and
+the fix in its message, prints no traceback, and leaves every file as it was (checksums before and
+after; no run directory appears). The preflight reports every problem it finds at once, so one run
+covers several bad inputs of a class.
+"""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rlhf(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+    )
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()}
+
+
+def refused(folder: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """stderr of a run that must be refused before it starts, having touched nothing."""
+    before = checksums(folder)
+    out = rlhf(folder, *args, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert checksums(folder) == before
+    assert not (folder / "run").exists() and not (folder / "runs").exists()
+    return out.stderr
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def user_files(tmp_path: Path) -> Path:
+    """A user's folder: reward modules, model directories with a part missing, bad data files."""
+    (tmp_path / "myrewards.py").write_text("def score(prompts, responses, **columns):\n    return [0.0] * len(responses)\n\nx = 3\n")
+    (tmp_path / "broken.py").write_text("def score(prompts, responses:\n")
+    (tmp_path / "models").mkdir()
+    for name, files in {"no-weights": ("config.json", "tokenizer.json"), "no-tokenizer": ("config.json", "model.safetensors")}.items():
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text("{}")
+    (tmp_path / "prompts.jsonl").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    (tmp_path / "eval.parquet").write_bytes(b"PAR1 not really parquet")
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "notes.txt").write_text("a plain directory, not a saved dataset\n")
+    (tmp_path / "config.yaml").write_bytes(bytes(range(256)))
+    return tmp_path
+
+
+def test_python_rewards_that_do_not_import(user_files):
+    err = refused(
+        user_files, "train", "--run-dir", "run",
+        "reward.components=[{type: python, path: 'no_such_module_x:score'}, {type: python, path: 'myrewards:scor'},"
+        " {type: python, path: 'myrewards:x'}, {type: python, path: 'myrewards:score'}]",
+        "reward.gold=broken:score",
+    )
+    assert "reward.components.0.path: cannot import module 'no_such_module_x'" in err and "PYTHONPATH" in err
+    assert "reward.components.1.path: module 'myrewards'" in err and "has no attribute 'scor'; did you mean 'score'?" in err
+    assert "reward.components.2.path: 'myrewards:x' is a int, not a function" in err
+    assert "reward.gold: cannot import 'broken:score':" in err and "broken.py line 1" in err
+    assert "components.3" not in err  # the one that imports, from the current directory, passes
+
+
+def test_unknown_rule_names(user_files):
+    err = refused(user_files, "train", "--run-dir", "run", "reward.components.0.name=leters", "reward.gold=nosuchrule")
+    assert "reward.components.0: unknown reward rule 'leters'; did you mean 'letters'?" in err
+    assert "reward.gold: unknown reward rule 'nosuchrule'" in err
+
+
+def test_model_directories_missing_weights_tokenizer_or_existence(user_files):
+    err = refused(
+        user_files, "train", "--run-dir", "run", "model.path=no-weights", "reference.path=models/nothere",
+        "reward.components=[{type: rule, name: letters}, {type: model, path: no-tokenizer}]",
+    )
+    assert "model.path 'no-weights' holds no weights (no *.safetensors or *.bin file" in err
+    # `models/` is a folder here, so models/nothere is a local path, not a hub id to retry for a minute.
+    assert f"reference.path 'models/nothere' does not exist (relative paths start at {user_files})" in err
+    assert "reward.components.1.path 'no-tokenizer' has no tokenizer" in err and "save_pretrained" in err
+
+
+def test_a_hub_name_that_cannot_be_reached(user_files, tmp_path_factory):
+    hub = {"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
+    hub.update(HF_HUB_OFFLINE="0")
+    err = refused(user_files, "train", "--run-dir", "run", "model.path=no-such-org-x/no-such-model", env=hub)
+    assert "model.path: no local directory 'no-such-org-x/no-such-model', and the hub could not be reached" in err
+    assert "hf download" in err
+
+
+def test_hub_questions_end_within_the_timeout(monkeypatch):
+    """A hub that accepts the connection and never answers costs the timeout, not a minute of retries."""
+    from huggingface_hub import constants
+
+    from rlhf_dist.preflight import ModelRef, model_problems
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.monotonic()
+    problems = model_problems([ModelRef("model.path", "silent-org/model"), ModelRef("reference.path", "silent-org/ref")], 1.0)
+    assert time.monotonic() - start < 5
+    assert len(problems) == 2 and all("the hub could not be reached (no answer within 1 s)" in p for p in problems)
+    silent.close()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without GPUs")
+def test_gpus_on_a_machine_without_them_and_more_cpus_than_cores(user_files):
+    cores = os.cpu_count() or 1
+    err = refused(user_files, "train", "--run-dir", "run", "placement.learner.num_gpus=1", f"placement.learner.num_cpus={cores}")
+    assert "placement.learner.num_gpus=1 asks for GPUs, but this machine has none that torch can see" in err
+    assert "set them to 0 for a CPU run" in err
+    assert f"rlhf-dist: warning: this run asks for {2 * cores + 1:g} CPUs" in err and f"this machine has {cores} cores" in err
+
+
+def test_resource_checks_are_local_and_plan_warns(monkeypatch, capsys):
+    """A run joining a cluster (RAY_ADDRESS) leaves GPUs to the planner; `plan` for this machine warns."""
+    from launch.cli import main
+    from launch.preflight import preflight_train
+    from rlhf_dist.config import load_config
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    preflight_train(load_config(None, ["placement.learner.num_gpus=1", "learner.num_workers=64",
+                                       "learner.mini_batch_size=64", "learner.micro_batch_size=1"]))
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.delenv("RAY_ADDRESS")
+    workers = 4 * (os.cpu_count() or 1)
+    assert main(["plan", f"learner.num_workers={workers}", f"learner.mini_batch_size={workers}",
+                 "learner.micro_batch_size=1", f"rollout.prompts_per_step={workers}"]) == 0
+    err = capsys.readouterr().err
+    assert f"and {workers} learner ranks, and this machine has {os.cpu_count()} cores" in err and "Traceback" not in err
+
+
+def test_prompt_and_data_files_that_cannot_be_read(user_files):
+    err = refused(user_files, "train", "--run-dir", "run", "data.prompts=prompts.jsonl", "eval.prompts=eval.parquet", "eval.every=1")
+    assert "prompts.jsonl line 1: not UTF-8 text (byte 0x80" in err and "save the file as UTF-8" in err
+    assert "eval.parquet is not a readable Parquet file" in err
+    err = refused(user_files, "sft", "--run-dir", "run", "data.path=rows", "model.path=~/no-such-model")
+    assert "rows is a directory but not a saved dataset" in err
+    assert "model.path '~/no-such-model': '~' is not expanded in a config; write the full path" in err
+
+
+def test_config_files_that_are_not_yaml_text(user_files):
+    err = refused(user_files, "train", "config.yaml", "--run-dir", "run")
+    assert "config.yaml is a binary file, not YAML text" in err
+    (user_files / "config.yaml").write_text("steps: 3\nsteps: 4\n")
+    err = refused(user_files, "dpo", "config.yaml", "--run-dir", "run")
+    assert "key 'steps' is given twice, at lines 1 and 2" in err
+
+
+def test_submit_checks_what_it_can_before_the_cluster(user_files):
+    """Relative paths are read from the uploaded project directory: one missing there fails here,
+    before the (unreachable) cluster is asked anything."""
+    address = f"http://127.0.0.1:{closed_port()}"
+    err = refused(user_files, "submit", "data.prompts=my-prompts.jsonl", "--address", address)
+    assert f"data.prompts='my-prompts.jsonl': a relative path is read from the job's copy of {REPO}" in err
+    assert "cannot reach" not in err
+
+
+def test_ray_start_is_retried_once_then_one_line(monkeypatch):
+    import ray
+
+    import launch.roles
+    from rlhf_dist.errors import UserError
+
+    calls = []
+
+    def flaky(**options):
+        calls.append(options)
+        if len(calls) in (1, 3, 4):
+            raise TimeoutError("The current node timed out during startup.\n(raylet logs at ...)")
+
+    monkeypatch.setattr(ray, "init", flaky)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert launch.roles.start_ray_cpus(1.0) is True and len(calls) == 2  # a second try succeeded
+    with pytest.raises(UserError) as info:
+        launch.roles.start_ray_cpus(1.0)
+    assert len(calls) == 4
+    assert str(info.value) == (
+        "Ray did not start (tried twice: The current node timed out during startup.); the machine may be "
+        "overloaded: free some CPU or memory and run again"
+    )
+
+
+def test_an_unforeseen_error_is_one_line_and_debug_shows_it(monkeypatch, capsys):
+    import launch.cli
+
+    def broken(args):
+        raise RuntimeError("something we did not foresee\nsecond line")
+
+    monkeypatch.setattr(launch.cli, "_config_show", broken)
+    assert launch.cli.main(["config", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err == "rlhf-dist: failed: RuntimeError: something we did not foresee; rerun with --debug for the traceback\n"
+    with pytest.raises(RuntimeError):
+        launch.cli.main(["config", "show", "--debug"])
