@@ -263,7 +263,8 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     """A plain-text end-of-run report from :func:`read_metrics` records.
 
     First vs last ``window`` logged steps of the gold reward (``reward/gold_mean``, else
-    ``reward/mean``) with their ratio, and of ``kl/mean``; then the maximum
+    ``reward/mean``) with their ratio, and of ``kl/mean`` (on a short run the window shrinks to half
+    the steps, at least 1, so the two never overlap); then the maximum
     ``rollout/logprob_abs_diff``, the mean ``throughput/tokens_per_s`` and the mean seconds of
     every ``timing/<phase>``.
     """
@@ -273,6 +274,7 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     # The final eval is a row of its own (step = steps, only eval/* keys): not a training step.
     records = [r for r in records if any(not k.startswith("eval/") and k != "step" for k in r)] or records
     steps = [r["step"] for r in records]
+    window = max(1, min(window, len(records) // 2))
     gold_key = "reward/gold_mean" if _values(records, "reward/gold_mean") else "reward/mean"
     trend_rows = []
     for label, key in (("gold reward" if gold_key == "reward/gold_mean" else "reward", gold_key), ("kl", "kl/mean")):
@@ -299,7 +301,8 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
         [f"{key} mean{'' if key.endswith('_frac') else ' s'}", _fmt(_mean(_values(records, key)))] for key in phases
     ]
 
-    lines = [f"{len(records)} steps logged ({min(steps)}-{max(steps)}); windows of {window} steps", ""]
+    windows = f"windows of {window} step{'s' * (window > 1)}"
+    lines = [f"{len(records)} steps logged ({min(steps)}-{max(steps)}); {windows}", ""]
     if trend_rows:
         lines += _table(["metric", f"first {window}", f"last {window}", "change"], trend_rows) + [""]
     if overall_rows:

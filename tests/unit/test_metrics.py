@@ -160,6 +160,17 @@ def test_summary_table_falls_back_to_reward_without_gold():
     assert summary_table([]) == "no metrics logged"
 
 
+@pytest.mark.parametrize("steps, window", [(1, 1), (2, 1), (3, 1), (5, 2), (9, 4), (10, 5), (20, 5)])
+def test_summary_windows_never_overlap_on_short_runs(steps, window):
+    """first N / last N with N = min(5, steps // 2), at least 1: on 3 steps, the first step vs the last."""
+    records = [{"step": s, "reward/mean": float(s), "kl/mean": 0.0} for s in range(steps)]
+    table = summary_table(records)
+    assert f"windows of {window} step{'s' * (window > 1)}" in table.splitlines()[0]
+    assert row(table, "metric")[1:5] == ["first", str(window), "last", str(window)]
+    first, last = (sum(range(window)) / window, sum(range(steps - window, steps)) / window)
+    assert row(table, "reward (reward/mean)")[2:4] == [f"{first:.3f}", f"{last:.3f}"]
+
+
 def test_ray_metric_names_follow_the_contract():
     from rlhf_dist.ray_metrics import ray_metric_name
 
