@@ -16,12 +16,46 @@ from rlhf_dist.errors import UserError
 
 EXIT_USER_ERROR = 2
 
+TRAIN_EXAMPLES = """\
+examples:
+  rlhf-dist train                                  the embedded tiny CPU run (examples/tiny.yaml), 20 steps
+  rlhf-dist train examples/gsm8k.yaml              a config file
+  rlhf-dist train steps=50 algorithm.name=rloo     overrides: dotted keys of the config, key=value
+  rlhf-dist train my.yaml learner.optimizer.lr=1e-5 --run-dir runs/lr-1e-5
+  rlhf-dist train --resume runs/tiny-20260101-120000
+                                                   continue a run from its last complete checkpoint
+  rlhf-dist train --resume runs/tiny-20260101-120000 --from step-10
+                                                   continue from an earlier checkpoint
+  rlhf-dist config show my.yaml steps=50           print the resolved config that train would run
+  rlhf-dist config show --defaults                 every key with its default and description
+
+Outputs go to RUN_DIR (default runs/<name>-<timestamp>): metrics.jsonl, checkpoints/, logs/ (Ray, vLLM,
+DeepSpeed and transformers logs), final/ (the trained policy). Ctrl-C stops after printing the command
+that resumes; SIGTERM finishes the current step and writes a checkpoint first. --verbose shows every
+library's log on the terminal; --debug shows tracebacks.
+"""
+
+STAGE_EXAMPLES = """\
+examples:
+  rlhf-dist {kind} data.path=data.jsonl model.path=DIR
+  rlhf-dist {kind} my-{kind}.yaml epochs=3 --run-dir runs/my-{kind}
+
+Keys: name, seed, epochs, model.*, data.* (path, prompt_key, response_key, messages_key, chosen_key,
+rejected_key, max_length, eval_fraction, ...), learner.*, beta (dpo), logging.*. The model is written
+to RUN_DIR/model in Hugging Face format; library logs go to RUN_DIR/logs/. --verbose shows them here.
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    unknown = unknown_command(parser, argv)
+    if unknown:
+        print(f"rlhf-dist: error: {unknown}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    args = parser.parse_args(argv)
     args.debug = debug
     try:
         return args.handler(args) or 0
@@ -38,15 +72,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """``unknown command 'trian'; did you mean 'train'?`` for a misspelled command (or `config`
+    action), None when the words name real ones (argparse reports everything else)."""
+    import difflib
+
+    words = [a for a in argv if not a.startswith("-")]
+    for word in words:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not found:
+            return None
+        choices = found[0].choices
+        if word not in choices:
+            close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"the commands are: {', '.join(choices)}"
+            return f"unknown command {word!r}; {hint} (see {parser.prog} --help)"
+        parser = choices[word]
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-dist",
-        description="Distributed RLHF on Ray. Add --debug anywhere to see tracebacks.",
+        description="Distributed RLHF on Ray. Add --verbose anywhere to see every library's log on the terminal "
+        "(otherwise in RUN_DIR/logs/), --debug to see tracebacks. `rlhf-dist COMMAND --help` shows examples.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    config = commands.add_parser("config", help="inspect run configs")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config = commands.add_parser("config", help="inspect run configs", description="Inspect run configs.")
+    config_commands = config.add_subparsers(
+        dest="config_command", required=True, metavar="ACTION", help="what to do with a config"
+    )
     show = config_commands.add_parser(
         "show", help="print the resolved config (YAML that every command accepts back)"
     )
@@ -60,10 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=_config_show)
 
-    train = commands.add_parser("train", help="run RL training (no CONFIG: the embedded tiny CPU run)")
+    train = commands.add_parser(
+        "train", help="run RL training (no CONFIG: the embedded tiny CPU run)",
+        description="Run RL training: rollouts on vLLM, rewards, a reference model and DeepSpeed learners on Ray. "
+        "Library logs go to RUN_DIR/logs/; the terminal shows each startup phase, the steps and a summary.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument(
         "items", nargs="*", metavar="[CONFIG] [key=value ...]",
-        help="a YAML file (default: the embedded tiny run), then dotted overrides",
+        help="a YAML file (default: the embedded tiny run, examples/tiny.yaml), then dotted overrides of "
+        "its keys (`rlhf-dist config show` lists them all)",
     )
     train.add_argument("--run-dir", default=None, help="output directory (default: runs/<name>-<timestamp>)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
@@ -88,8 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("rm", "train a Bradley-Terry reward model on preference pairs, with calibration"),
         ("dpo", "direct preference optimisation on preference pairs"),
     ):
-        stage = commands.add_parser(kind, help=text)
-        stage.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]", help="e.g. data.path=pairs.jsonl model.path=DIR")
+        stage = commands.add_parser(
+            kind, help=text, description=text[0].upper() + text[1:] + ", on DeepSpeed learner actors.",
+            epilog=STAGE_EXAMPLES.format(kind=kind), formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        stage.add_argument(
+            "items", nargs="*", metavar="[CONFIG] [key=value ...]",
+            help="a YAML file of the stage's config, then dotted overrides, e.g. data.path=pairs.jsonl model.path=DIR",
+        )
         stage.add_argument("--run-dir", default=None, help=f"output directory (default: runs/{kind}-<timestamp>)")
         stage.set_defaults(handler=_stage, kind=kind)
 
@@ -107,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     plan = commands.add_parser("plan", help="print where each role's actors would run (placement groups per node)")
-    plan.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    plan.add_argument(
+        "items", nargs="*", metavar="[CONFIG] [key=value ...]",
+        help="the training config to plan, as for train (default: the embedded tiny run), then dotted overrides",
+    )
     plan.add_argument(
         "--address", default=None,
         help="a head's dashboard URL (http://HEAD:8265): plan for its live nodes (default: this machine, no Ray)",
@@ -117,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(handler=_plan)
 
     submit = commands.add_parser("submit", help="submit a training run to a Ray cluster as a Ray job")
-    submit.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    submit.add_argument(
+        "items", nargs="*", metavar="[CONFIG] [key=value ...]",
+        help="the training config, as for train (checked here before the cluster sees it), then dotted overrides",
+    )
     _address_args(submit)
     submit.add_argument("--python", default="python", help="interpreter on the cluster (default: python)")
     submit.set_defaults(handler=_submit)
     for name, text in (("status", "a submitted job's status"), ("logs", "a submitted job's logs"), ("stop", "stop a submitted job")):
         job = commands.add_parser(name, help=text)
-        job.add_argument("job_id")
+        job.add_argument("job_id", help="the id `rlhf-dist submit` printed (raysubmit_...)")
         _address_args(job)
         job.set_defaults(handler=_job, action=name)
 
@@ -132,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("dir", help="output directory (new or empty); gets policy/, reward/ and tiny.json")
     tiny.add_argument("--force", action="store_true", help="replace DIR even if it is not empty (built beside it, then swapped in: never half a model)")
-    tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
-    tiny.add_argument("--vocab-size", type=int, default=512)
+    tiny.add_argument("--arch", choices=["llama", "qwen2"], default="llama", help="model architecture (default: llama)")
+    tiny.add_argument("--vocab-size", type=int, default=512, help="tokenizer and embedding size (default: 512)")
     tiny.add_argument("--hidden-size", type=int, default=128, help="64 x heads (head_dim 64 for vLLM)")
-    tiny.add_argument("--layers", type=int, default=2)
-    tiny.add_argument("--heads", type=int, default=2)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--layers", type=int, default=2, help="decoder layers (default: 2)")
+    tiny.add_argument("--heads", type=int, default=2, help="attention heads (default: 2)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     tiny.set_defaults(handler=_make_tiny)
     return parser
 
