@@ -47,9 +47,11 @@ to RUN_DIR/model in Hugging Face format; library logs go to RUN_DIR/logs/. --ver
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from launch import console
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     parser = build_parser()
     unknown = unknown_command(parser, argv)
     if unknown:
@@ -57,8 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     args.debug = debug
+    console.begin(verbose)  # signals, and library logs off the terminal (RUN_DIR/logs/) unless --verbose
     try:
         return args.handler(args) or 0
+    except console.RunStopped as exc:  # SIGINT/SIGTERM during a run: where it stopped, how to go on
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # SIGINT/SIGTERM anywhere else
+        if debug:
+            raise
+        print(f"rlhf-dist: {'stopped by SIGTERM' if console.exit_code() == console.EXIT_SIGTERM else 'interrupted'}",
+              file=sys.stderr)
+        return console.exit_code()
     except UserError as exc:
         if debug:
             raise
@@ -70,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = (str(exc).strip() or "no message").splitlines()[0]
         print(f"rlhf-dist: failed: {type(exc).__name__}: {first}; rerun with --debug for the traceback", file=sys.stderr)
         return 1
+    finally:
+        console.end()
 
 
 def unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
@@ -291,6 +305,7 @@ def _stage(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from launch.console import outputs_line
     from launch.stages import run_stage
     from rlhf_dist.config import load_config
     from rlhf_dist.config.stages import StageConfig
@@ -301,6 +316,7 @@ def _stage(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_stage(args.kind, cfg, run_dir)
     print(f"{args.kind} model written to {result.model_dir}")
+    print(outputs_line(run_dir, {"model/": "the trained model in Hugging Face format"}))
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from launch.console import outputs_line
 from launch.run import prepare_run_dir, train
 from launch.stages import run_stage
 from rlhf_dist.config import load_config
@@ -74,5 +75,5 @@ def summary_text(s: dict[str, float], run_dir: Path) -> str:
         f"PPO   gold reward            {s['ppo/gold_first']:.3f} -> {s['ppo/gold_last']:.3f}",
         f"PPO   KL to reference        {s['ppo/kl_last']:.3f} nats/sequence (last 5 steps)",
         f"PPO   reward-hacking alarms  {int(s['ppo/hacking_alarms'])}",
-        f"outputs: {run_dir}/ (sft/, rm/, ppo/, demo_summary.json)",
+        outputs_line(run_dir, {"sft/": "the SFT stage", "rm/": "the reward model", "ppo/": "the PPO run"}),
     ])

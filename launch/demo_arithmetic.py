@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.console import outputs_line
 from launch.run import prepare_run_dir, train
 from launch.stages import run_stage
 from rlhf_dist.config import load_config
@@ -114,5 +115,5 @@ def summary_text(s: dict, run_dir: Path) -> str:
         f"test accuracy after GRPO  {s['rl_accuracy']:.3f}  ({s['gain']:+.3f}, standard error {s['gain_stderr']:.3f})",
         f"accuracy by step          {curve}",
         f"time                      {s['seconds']:.0f} s",
-        f"outputs: {run_dir}/ (data/, tiny-model/, sft/, grpo/ with eval.jsonl, summary.json)",
+        outputs_line(run_dir, {"grpo/": "the GRPO run, with eval.jsonl"}),
     ])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 import ray
 from ray.util.placement_group import NODE_ID_LABEL_KEY, PlacementGroup, placement_group, remove_placement_group
@@ -13,6 +15,7 @@ from actors.learner import Learner
 from actors.reference import ReferenceActor
 from actors.reward import RewardScorer
 from actors.rollout import RolloutWorker
+from launch import console
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
 from rlhf_dist.errors import UserError
@@ -41,13 +44,18 @@ def start_ray_cpus(needed_cpus: float) -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": actor_env()}
+    # Inside console.logs_to every actor writes its own log file; Ray's copy on the terminal would repeat it.
+    to_driver = not console.routing()
     if address:
-        _init_ray(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True)
+        with console.phase(f"joined the Ray cluster at {address}"):
+            _init_ray(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=to_driver)
     else:
-        _init_ray(
-            address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(needed_cpus)), include_dashboard=False,
-            namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=True,
-        )
+        with console.phase("starting Ray"):
+            _init_ray(
+                address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(needed_cpus)), include_dashboard=False,
+                namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=to_driver,
+            )
+    console.install_signal_handlers()  # ray.init replaced the SIGTERM handler
     return True
 
 
@@ -83,10 +91,12 @@ def stop_roles(roles: Roles | None, shutdown: bool) -> None:
 def _options(name: str, res: RoleResources, restarts: int = 0) -> dict:
     """Actor options. ``restarts``: how often Ray restarts a dead actor. Its failed calls are not
     retried by Ray (``max_task_retries=0``): the driver re-syncs weights first, then redoes them."""
-    return {
+    options = {
         "name": name, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1,
         "max_restarts": restarts, "max_task_retries": 0,
     }
+    runtime_env = console.actor_runtime_env(name)  # its output to RUN_DIR/logs/<name>.log
+    return options | ({"runtime_env": runtime_env} if runtime_env else {})
 
 
 def reserve(plan: Plan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> dict[str, PlacementGroup]:
@@ -142,6 +152,7 @@ def _start_actors(
 ) -> tuple[Roles, tuple[str, int]]:
     place = cfg.placement
     seed = cfg.seed
+    started = time.perf_counter()
     restarts = cfg.recovery.max_actor_restarts  # learners: 0, a DeepSpeed world cannot take a new rank
     rollout = [
         RolloutWorker.options(
@@ -173,9 +184,35 @@ def _start_actors(
     setups = [
         l.setup.remote(cfg, model_path, len(learners), master_addr, master_port, critic_path) for l in learners
     ]
-    gather(setups, "learner")
-    gather([a.ready.remote() for a in rollout], "rollout")
-    gather([a.ready.remote() for a in reward], "reward scorer")
-    gather([a.ready.remote() for a in reference], "reference")
+    engine = "vLLM" if cfg.rollout.engine == "vllm" else "transformers"
+    wait_ready([
+        (f"learners ready: ZeRO-{cfg.learner.zero_stage}, {_count(len(learners), 'rank')}", "learner", setups, False),
+        (f"{engine} engine {{k}}/{{n}} ready", "rollout", [a.ready.remote() for a in rollout], True),
+        (f"reward ready: {_count(len(reward), 'scorer')}", "reward scorer", [a.ready.remote() for a in reward], False),
+        (f"reference model ready: {_count(len(reference), 'actor')}", "reference",
+         [a.ready.remote() for a in reference], False),
+    ], started)
     sync_address = gather([learners[0].rendezvous_address.remote()], "learner")[0]
     return Roles(rollout, reward, reference, learners), sync_address
+
+
+def wait_ready(groups: list[tuple[str, str, list[Any], bool]], started: float) -> None:
+    """Wait for the actors' start-up calls, printing a phase line (time since ``started``) as each
+    group is ready, in the order they finish; a failed call raises at once, naming its role.
+
+    Each group: ``(line, role, refs, each)``; with ``each`` a line per actor, ``{k}/{n}`` counting them.
+    """
+    pending = {ref: i for i, (_, _, refs, _) in enumerate(groups) for ref in refs}
+    left = [len(refs) for _, _, refs, _ in groups]
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ready[0])
+        line, role, refs, each = groups[i]
+        gather(ready, role)
+        left[i] -= 1
+        if each or not left[i]:
+            console.done(line.format(k=len(refs) - left[i], n=len(refs)), time.perf_counter() - started)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

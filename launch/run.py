@@ -102,36 +102,75 @@ def train(
     elif resume_from is not None:  # the newer checkpoints leave the resume line (moved, not deleted)
         abandon_newer(run_dir, checkpoint)
 
+    from launch import console
     from launch.roles import build_roles, start_ray, stop_roles
     from rlhf_dist.driver import Driver
     from rlhf_dist.remote import gather
 
-    started_ray = start_ray(cfg)
-    roles = None
-    try:
-        roles, sync_address = build_roles(cfg, model_path)
-        # A bar only on a terminal; otherwise (--no-progress, a Ray job's log) one line per step.
-        show_progress = (cfg.logging.progress_bar if progress is None else progress) and sys.stderr.isatty()
-        with MetricsLogger(
-            run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps,
-            step_lines=not show_progress, wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json"),
-        ) as metrics:
-            driver = Driver(
-                cfg, roles, train_prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir,
-                eval_prompts,
-            )
-            start_step = driver.restore(checkpoint) if checkpoint is not None else 0
-            driver.run(start_step)
-        final_dir = run_dir / "final" if cfg.checkpoint.save_final else None
-        if final_dir is not None:
-            gather([l.save_pretrained.remote(str(final_dir), tokenizer_path) for l in roles.learners], "learner (save)")
-    finally:
-        stop_roles(roles, started_ray)
+    took = console.since_begin()  # checks, the tiny model, the tokenizer and the prompts, since the command began
+    made = ["tiny model"] * (cfg.model.path is None) + [f"{len(train_prompts)} training prompts"]
+    made += [f"{len(eval_prompts)} eval prompts"] * bool(eval_prompts)
+    console.say(f"prepared {run_dir}: {', '.join(made)}" + (f" ({console.seconds(took)})" if took is not None else ""))
+    with console.logs_to(run_dir):
+        started_ray, roles = False, None
+        try:
+            started_ray = start_ray(cfg)
+            roles, sync_address = build_roles(cfg, model_path)
+            # A bar only on a terminal; otherwise (--no-progress, a Ray job's log) one line per step.
+            show_progress = (cfg.logging.progress_bar if progress is None else progress) and sys.stderr.isatty()
+            with MetricsLogger(
+                run_dir, tensorboard=cfg.logging.tensorboard, progress=show_progress, total_steps=cfg.steps,
+                step_lines=not show_progress, wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json"),
+            ) as metrics:
+                driver = Driver(
+                    cfg, roles, train_prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir,
+                    eval_prompts,
+                )
+                if checkpoint is not None:
+                    with console.phase(f"restored {checkpoint.name}"):
+                        start_step = driver.restore(checkpoint)
+                else:
+                    start_step = 0
+                with console.on_sigterm(lambda: setattr(driver, "stop_requested", True)):
+                    driver.run(start_step)
+            if driver.stop_requested:
+                raise KeyboardInterrupt
+            final_dir = run_dir / "final" if cfg.checkpoint.save_final else None
+            if final_dir is not None:
+                saves = [l.save_pretrained.remote(str(final_dir), tokenizer_path) for l in roles.learners]
+                gather(saves, "learner (save)")
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (console turns both into this)
+            raise console.RunStopped(stopped_line(cfg, run_dir), console.exit_code()) from None
+        finally:
+            stop_roles(roles, started_ray)
     records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
     print(summary_table(records))
-    print(f"\noutputs: {run_dir}/ (config.yaml, metrics.jsonl, tensorboard/, samples.jsonl"
-          + (", final/ = the trained policy in Hugging Face format)" if final_dir else ")"))
+    print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
     return RunResult(run_dir, records, final_dir)
+
+
+def stopped_line(cfg: RunConfig, run_dir: Path) -> str:
+    """The one line after SIGINT or SIGTERM: the step reached, the last complete checkpoint, and the
+    command that continues from it."""
+    import shlex
+
+    from launch import console
+    from rlhf_dist.checkpoint import checkpoint_dirs
+    from rlhf_dist.metrics import MetricsError, read_metrics
+
+    try:
+        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    except MetricsError:
+        rows = []
+    steps = [r["step"] + 1 for r in rows if any(not k.startswith("eval/") and k != "step" for k in r)]
+    how = "stopped by SIGTERM" if console.exit_code() == console.EXIT_SIGTERM else "interrupted (Ctrl-C)"
+    where = f"after step {max(steps)}/{cfg.steps}" if steps else "before the first step"
+    done = checkpoint_dirs(run_dir)
+    if not done:
+        return (f"{console.PREFIX}: {how} {where}; no checkpoint was written yet (checkpoint.every="
+                f"{cfg.checkpoint.every}), so there is nothing to resume: start a new run")
+    return (f"{console.PREFIX}: {how} {where}; last complete checkpoint: {done[-1]}; continue with: "
+            f"rlhf-dist train --resume {shlex.quote(str(run_dir))}")
 
 
 def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from launch import console
 from rlhf_dist.calibration import expected_calibration_error, fit_temperature
 from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
@@ -65,32 +67,50 @@ def run_stage(
         examples.eval = make(eval_rows, tokenizer, cfg.data, cfg.seed).train
     print(f"{kind}: {len(examples.train)} train / {len(examples.eval)} held-out examples; "
           f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
-    started = start_ray_cpus(cfg.learner.num_workers * 0.5)
-    workers = []
-    try:
-        workers = _start_workers(kind, cfg, model_path, tokenizer.pad_token_id)
-        with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False,
-                           wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json")) as metrics:
-            result = _train(kind, cfg, workers, examples, metrics)
-            result.model_dir = run_dir / "model"
-            gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")
-            if kind == "rm":
-                _write_normalization(result, workers, examples)
-        (run_dir / "summary.json").write_text(json.dumps(result.metrics, indent=2))
-        return result
-    finally:
-        for w in workers:
-            ray.kill(w)
-        stop_roles(None, started)
+    result = StageResult(kind, run_dir / "model")
+    with console.logs_to(run_dir):
+        started, workers = False, []
+        try:
+            started = start_ray_cpus(cfg.learner.num_workers * 0.5)
+            workers = _start_workers(kind, cfg, model_path, tokenizer.pad_token_id)
+            with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False,
+                               wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json")) as metrics:
+                _train(kind, cfg, workers, examples, metrics, result)
+                gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")
+                if kind == "rm":
+                    _write_normalization(result, workers, examples)
+        except KeyboardInterrupt:  # SIGINT or SIGTERM: say where it stopped; a stage keeps no checkpoint
+            raise console.RunStopped(_stopped_line(kind, cfg, run_dir, result), console.exit_code()) from None
+        finally:
+            for w in workers:
+                ray.kill(w)
+            stop_roles(None, started)
+    (run_dir / "summary.json").write_text(json.dumps(result.metrics, indent=2))
+    return result
+
+
+def _stopped_line(kind: str, cfg: StageConfig, run_dir: Path, result: StageResult) -> str:
+    how = "stopped by SIGTERM" if console.exit_code() == console.EXIT_SIGTERM else "interrupted (Ctrl-C)"
+    epochs = max(len(result.history) - 1, 0)  # history: the evaluation at the start, then one per epoch
+    where = f"after epoch {epochs}/{cfg.epochs}" if epochs else "before its first epoch ended"
+    return (f"{console.PREFIX}: {kind} {how} {where}; stages write no checkpoint, so run the command again "
+            f"with a new --run-dir to start over ({run_dir} keeps what was logged)")
 
 
 def _start_workers(kind: str, cfg: StageConfig, model_path: str, pad_id: int) -> list[Any]:
     from actors.stage import StageWorker
 
     n = cfg.learner.num_workers
-    workers = [StageWorker.options(name=f"{kind}-learner-{i}", num_cpus=0.5).remote(i) for i in range(n)]
+    started = time.perf_counter()
+    workers = []
+    for i in range(n):
+        env = console.actor_runtime_env(f"{kind}-learner-{i}")  # its output to RUN_DIR/logs/
+        options = {"name": f"{kind}-learner-{i}", "num_cpus": 0.5} | ({"runtime_env": env} if env else {})
+        workers.append(StageWorker.options(**options).remote(i))
     addr, port = gather([workers[0].rendezvous_address.remote()], kind)[0]
     gather([w.setup.remote(kind, cfg, model_path, pad_id, n, addr, port) for w in workers], f"{kind} learner")
+    console.done(f"{kind} learners ready: ZeRO-{cfg.learner.zero_stage}, {n} rank{'s' * (n > 1)}",
+                 time.perf_counter() - started)
     return workers
 
 
@@ -103,13 +123,14 @@ def _sum(parts: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(p.get(k, 0.0) for p in parts) for k in keys}
 
 
-def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, metrics) -> StageResult:
+def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, metrics, result: StageResult) -> None:
+    """Evaluate, then train and evaluate each epoch; ``result.history`` grows by one record per
+    evaluation (the start, then each epoch), so an interrupted stage can say where it was."""
     n = len(workers)
     ref_train = ref_eval = None
     if kind == "dpo":
         ref_train = _reference(workers, examples.train)
         ref_eval = _reference(workers, examples.eval)
-    result = StageResult(kind, Path())
     record = _evaluate(kind, workers, examples, ref_eval)
     metrics.log(0, record)
     result.history.append(record)
@@ -132,7 +153,6 @@ def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, 
         result.history.append(record)
         print(f"{kind} epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
     result.metrics.update(result.history[-1])
-    return result
 
 
 def _per(sums: dict[str, float], key: str) -> float:

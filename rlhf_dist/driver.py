@@ -47,6 +47,9 @@ class RewardHackingWarning(UserWarning):
 
 
 class Driver:
+    # Set by the launcher on SIGTERM (preemption): `run` stops after the current step.
+    stop_requested: bool = False
+
     def __init__(
         self,
         cfg: RunConfig,
@@ -91,11 +94,14 @@ class Driver:
                 self.records.append(self.step(step))
             except ActorDied as exc:  # a learner, or an actor out of restarts
                 raise RunFailed(f"{exc}\nThe run stopped at step {step}. {self.resume_hint()}") from exc
-            if self.checkpoint_due(step + 1):
+            stopping = self.stop_requested  # SIGTERM: this step is done; checkpoint and stop
+            if self.checkpoint_due(step + 1) or (stopping and self.cfg.checkpoint.on_sigterm and self.run_dir):
                 started = time.perf_counter()
                 path = self.save_checkpoint(step + 1)
                 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 self.metrics.note(f"checkpoint {path} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.2f} s)")
+            if stopping:
+                return self.records
         if self.evaluator.enabled:  # the final policy, after the last sync: a row of its own
             final = {"step": self.cfg.steps, **self.recovering(lambda: self.evaluate(self.cfg.steps))}
             self.metrics.log(self.cfg.steps, final, quiet=True)

@@ -338,6 +338,9 @@ class CheckpointConfig(Section):
     every: int = Field(5, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
     save_final: bool = Field(True, description="write the trained policy to RUN_DIR/final in Hugging Face format")
+    on_sigterm: bool = Field(
+        True, description="on SIGTERM (preemption): finish the current step, write a checkpoint, exit 143"
+    )
 
 
 class RecoveryConfig(Section):
