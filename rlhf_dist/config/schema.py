@@ -239,6 +239,10 @@ class LearnerConfig(TrainerConfig):
     """The RL learners: ``num_workers`` actors form one data-parallel world."""
 
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    max_tokens_per_micro_batch: int = Field(
+        0, ge=0, description="group sequences of similar length into micro-batches of at most this many positions "
+        "(rows x longest prompt + longest response, padding trimmed) instead of micro_batch_size sequences; 0 = off"
+    )
     optimizer: LearnerOptimizerConfig = Field(
         LearnerOptimizerConfig(), description="AdamW and its learning-rate schedule, for the policy and the critic"
     )

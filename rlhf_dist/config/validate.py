@@ -42,6 +42,14 @@ def _batch_sizes(cfg: RunConfig) -> list[str]:
             f"the rollout batch of {batch} sequences does not split evenly over "
             f"learner.num_workers={learner.num_workers}"
         )
+    longest = cfg.data.max_prompt_tokens + rollout.sampling.max_new_tokens
+    if 0 < learner.max_tokens_per_micro_batch < longest:
+        problems.append(
+            f"learner.max_tokens_per_micro_batch={learner.max_tokens_per_micro_batch} is smaller than one "
+            f"full-length sequence (data.max_prompt_tokens + rollout.sampling.max_new_tokens = {longest}); "
+            f"it counts tokens, not sequences: set it to at least {longest} (e.g. {8 * longest}), or 0 to use "
+            "learner.micro_batch_size"
+        )
     return problems
 
 
