@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf_dist.algorithms import aggregate_loss, kl_estimate, masked_mean, ppo_policy_loss, value_loss
+from rlhf_dist.batching import MicroBatch, MicroBatchStats, padded_positions, plan_micro_batches
 from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
 from rlhf_dist.distributed import build_engine, full_state_dict, gathered, init_learner_world, weight_entries, with_lora
@@ -56,6 +57,7 @@ class Learner:
             self.critic = self._engine(critic.to(policy.dtype), cfg.learner.optimizer.critic_lr)
         self.temperature = cfg.rollout.sampling.temperature
         self._sync: SyncGroup | None = None
+        self._positions = [0, 0]  # (padding, all) positions of the policy's forward passes in train()
 
     def _engine(self, model: torch.nn.Module, lr: float):
         """A DeepSpeed engine whose LR follows the configured schedule over the run's optimizer steps."""
@@ -77,29 +79,48 @@ class Learner:
 
     # -- forward passes -------------------------------------------------------------------------
 
-    def _micro_batches(self, exp: Experience) -> list[Experience]:
-        size = self.cfg.learner.micro_batch_size
-        return [exp.select(slice(i, i + size)) for i in range(0, exp.batch_size, size)]
+    def _micro_batches(self, exp: Experience) -> list[MicroBatch]:
+        """Fixed-size micro-batches, or token-budget ones (``learner.max_tokens_per_micro_batch``).
+        Every rank gets as many: under ZeRO each forward and backward is a collective."""
+        learner = self.cfg.learner
+        return plan_micro_batches(
+            exp.prompt_mask, exp.response_mask, learner.micro_batch_size, learner.max_tokens_per_micro_batch,
+            agree=self._max_over_ranks,
+        )
+
+    def _max_over_ranks(self, count: int) -> int:
+        if self.world_size == 1:
+            return count
+        value = torch.tensor([count], dtype=torch.long, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return int(value.item())
 
     def _logprobs(self, exp: Experience, with_entropy: bool = False):
+        padding, total = padded_positions(exp.prompt_mask, exp.response_mask)
+        self._positions[0] += padding
+        self._positions[1] += total
         return response_logprobs(
             self.policy, *_tokens(exp, self.device), temperature=self.temperature, with_entropy=with_entropy
         )
 
     @torch.no_grad()
     def logprobs(self, exp: Experience) -> torch.Tensor:
-        """(B, T) log-probs of the sampled tokens under the current policy."""
-        return torch.cat([self._logprobs(mb)[0].cpu() for mb in self._micro_batches(exp)])
+        """(B, T) log-probs of the sampled tokens under the current policy (0 past each micro-batch's
+        longest response, where the budget trims; entries outside the response mask mean nothing)."""
+        out = torch.zeros(exp.response_ids.shape)
+        for part in self._micro_batches(exp):
+            part.put(out, self._logprobs(part.take(exp))[0].cpu())
+        return out
 
     @torch.no_grad()
     def values(self, exp: Experience) -> torch.Tensor:
         """(B, T) critic values V(s_t) of the state before each response token (PPO only)."""
         assert self.critic is not None, "values() needs algorithm.name=ppo"
-        out = []
-        for mb in self._micro_batches(exp):
-            prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
-            out.append(self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float().cpu())
-        return torch.cat(out)
+        out = torch.zeros(exp.response_ids.shape)
+        for part in self._micro_batches(exp):
+            out_part = self.critic(*_tokens(part.take(exp), self.device))
+            part.put(out, out_part.float().cpu())
+        return out
 
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
@@ -113,6 +134,7 @@ class Learner:
 
     def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
         """PPO epochs x mini-batches over this rank's shard; returns mean statistics."""
+        self._positions = [0, 0]
         old_logprobs = self.logprobs(shard)
         mask = shard.response_mask
         diff = torch.where(mask.bool(), (old_logprobs - shard.rollout_logprobs).abs(), 0.0)
@@ -127,10 +149,19 @@ class Learner:
                         stats.setdefault(name, []).append(value)
         result = {name: sum(v) / len(v) for name, v in stats.items()}
         result.update(_last_values(stats))
+        result["train/padding_frac"] = self._padding_frac()
         result["logprob_abs_diff_sum"] = float(diff.sum())
         result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
         result["num_tokens"] = float(mask.sum())
         return result
+
+    def _padding_frac(self) -> float:
+        """Share of padding among the positions of this step's policy forward passes, all ranks."""
+        positions = torch.tensor(self._positions, dtype=torch.float64)
+        if self.world_size > 1:
+            positions = positions.to(self.device)
+            dist.all_reduce(positions)
+        return float(positions[0] / positions[1]) if positions[1] > 0 else 0.0
 
     def _global_counts(self, mini: Experience) -> tuple[float, float]:
         """Response tokens and non-empty sequences in this mini-batch across all ranks."""
@@ -143,41 +174,35 @@ class Learner:
         return float(counts[0]), float(counts[1])
 
     def _train_mini_batch(self, mini: Experience, old_logprobs: torch.Tensor, kl_coef: float) -> dict[str, float]:
-        algo = self.cfg.algorithm
+        """One optimizer step: a backward per micro-batch, gradients accumulated, then the step.
+
+        The accumulation boundary is set by hand (not counted by DeepSpeed against its configured
+        gradient_accumulation_steps), because token-budget micro-batches vary in number per step.
+        """
         num_tokens, num_seqs = self._global_counts(mini)
         # DeepSpeed averages gradients over ranks; our losses are already divided by the global
         # count, so scale by the world size to get the gradient of one big batch.
         scale = float(self.world_size)
-        stats: dict[str, list[float]] = {}
-        size = self.cfg.learner.micro_batch_size
+        stats = MicroBatchStats()
         nonfinite = 0.0
-        for start in range(0, mini.batch_size, size):
-            mb = mini.select(slice(start, start + size))
-            mask = mb.response_mask.to(self.device)
-            logp, entropy = self._logprobs(mb, with_entropy=True)
-            loss, pstats = ppo_policy_loss(
-                logp, old_logprobs[start : start + size].to(self.device), mb.advantages.to(self.device), mask,
-                algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs,
-            )
-            step_stats = {f"policy/{k}": float(v) for k, v in pstats.items()}
-            step_stats["policy/loss"] = float(loss.detach())
-            step_stats["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
-            if algo.kl.mode == "loss" and mb.ref_logprobs is not None:
-                kl = kl_estimate(logp, mb.ref_logprobs.to(self.device), algo.kl.kind, mask)
-                kl_loss = aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
-                loss = loss + kl_coef * kl_loss
-                step_stats["policy/kl_loss"] = float(kl_loss.detach())
-            nonfinite = max(nonfinite, float(not torch.isfinite(loss.detach()).item()))
-            self.policy.backward(loss * scale, scale_wrt_gas=False)
-            step_stats["train/lr"] = self.policy.get_lr()[0]  # read before step() advances the schedule
-            self.policy.step()
+        parts = self._micro_batches(mini)
+        for i, part in enumerate(parts):
+            for _, engine in self._engines():
+                engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+            mb = part.take(mini)
+            step_stats = self._policy_micro_step(mb, part.cut(old_logprobs), kl_coef, num_tokens, num_seqs, scale)
+            nonfinite = max(nonfinite, step_stats.pop("train/nonfinite_loss"))
             if self.critic is not None:
                 step_stats.update(self._critic_micro_step(mb, num_tokens, num_seqs, scale))
-            for k, v in step_stats.items():
-                stats.setdefault(k, []).append(v)
+            stats.add(step_stats, tokens=float(mb.response_mask.sum()))
+        lrs = {"train/lr": self.policy.get_lr()[0]}  # read before step() advances the schedule
+        self.policy.step()
+        if self.critic is not None:
+            lrs["train/critic_lr"] = self.critic.get_lr()[0]
+            self.critic.step()
         grad_norm = self.policy.get_global_grad_norm()
-        out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out.update(_last_values(stats))
+        out = self._across_ranks(stats)
+        out.update(lrs)
         # A NaN/inf loss gives non-finite gradients, which DeepSpeed's overflow check (all-reduced
         # over the ranks) turns into a skipped optimizer step on every rank alike.
         out["train/nonfinite_loss"] = nonfinite
@@ -185,6 +210,39 @@ class Learner:
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             out["policy/grad_norm"] = float(grad_norm)
         return out
+
+    def _across_ranks(self, stats: MicroBatchStats) -> dict[str, float]:
+        """The mini-batch's statistics over all ranks: the same on every rank, whatever the grouping."""
+        if self.world_size == 1:
+            return stats.result()
+        _, summed, _, maxed = stats.vectors()
+        summed_t = torch.tensor(summed, dtype=torch.float64, device=self.device)
+        dist.all_reduce(summed_t)
+        maxed_t = torch.tensor([*maxed, 0.0], dtype=torch.float64, device=self.device)  # never empty
+        dist.all_reduce(maxed_t, op=dist.ReduceOp.MAX)
+        return stats.result(summed_t.cpu().tolist(), maxed_t.cpu().tolist()[:-1])
+
+    def _policy_micro_step(
+        self, mb: Experience, old_logprobs: torch.Tensor, kl_coef: float, num_tokens: float, num_seqs: float, scale: float
+    ) -> dict[str, float]:
+        algo = self.cfg.algorithm
+        mask = mb.response_mask.to(self.device)
+        logp, entropy = self._logprobs(mb, with_entropy=True)
+        loss, pstats = ppo_policy_loss(
+            logp, old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
+            algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs,
+        )
+        step_stats = {f"policy/{k}": float(v) for k, v in pstats.items()}
+        step_stats["policy/loss"] = float(loss.detach())
+        step_stats["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
+        if algo.kl.mode == "loss" and mb.ref_logprobs is not None:
+            kl = kl_estimate(logp, mb.ref_logprobs.to(self.device), algo.kl.kind, mask)
+            kl_loss = aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
+            loss = loss + kl_coef * kl_loss
+            step_stats["policy/kl_loss"] = float(kl_loss.detach())
+        step_stats["train/nonfinite_loss"] = float(not torch.isfinite(loss.detach()).item())
+        self.policy.backward(loss * scale, scale_wrt_gas=False)
+        return step_stats
 
     def _critic_micro_step(self, mb: Experience, num_tokens: float, num_seqs: float, scale: float) -> dict[str, float]:
         algo = self.cfg.algorithm
@@ -195,13 +253,7 @@ class Learner:
             algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
         )
         self.critic.backward(loss * scale, scale_wrt_gas=False)
-        critic_lr = self.critic.get_lr()[0]
-        self.critic.step()
-        return {
-            "critic/value_loss": float(loss.detach()),
-            **{f"critic/{k}": float(v) for k, v in vstats.items()},
-            "train/critic_lr": critic_lr,
-        }
+        return {"critic/value_loss": float(loss.detach()), **{f"critic/{k}": float(v) for k, v in vstats.items()}}
 
     # -- checkpoints ----------------------------------------------------------------------------
 
