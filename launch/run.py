@@ -47,6 +47,7 @@ def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path, resume: boo
         if model.path.startswith(("/", ".")) and not Path(model.path).exists():
             raise UserError(f"model.path {model.path!r} does not exist; point it at a Hugging Face model directory")
         return model.path
+    from launch import console
     from rlhf_dist.tiny import make_tiny, tiny_mismatch
 
     built = run_dir / "tiny-model"
@@ -59,8 +60,9 @@ def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path, resume: boo
                 f"the tiny model this run started from, {built}, disagrees with {run_dir}/config.yaml: {differs}; "
                 "put config.yaml back as the run wrote it, or start a new run"
             )
-        print(f"rebuilding {built}: the one left there by an earlier attempt has {differs}")
-    return str(make_tiny(built, model.tiny, seed=seed).policy)
+        console.say(f"rebuilding {built}: the one left there by an earlier attempt has {differs}")
+    with console.phase(f"built the tiny model in {built}"):
+        return str(make_tiny(built, model.tiny, seed=seed).policy)
 
 
 def load_resume_config(run_dir: Path) -> RunConfig:
@@ -85,11 +87,13 @@ def train(
     from rlhf_dist.models import load_tokenizer
     from rlhf_dist.rundir import abandon_newer, resume_checkpoint
 
+    from launch import console
+
     preflight_train(cfg)  # user errors in seconds, before the run dir, a tiny model or Ray
     checkpoint = None
     if resume:
         checkpoint = resume_checkpoint(run_dir, resume_from, verify)
-        print(f"resuming {run_dir} from {checkpoint.name}")
+        console.say(f"resuming {run_dir} from {checkpoint.name}")
     else:
         run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir, resume)
@@ -102,7 +106,6 @@ def train(
     elif resume_from is not None:  # the newer checkpoints leave the resume line (moved, not deleted)
         abandon_newer(run_dir, checkpoint)
 
-    from launch import console
     from launch.roles import build_roles, start_ray, stop_roles
     from rlhf_dist.driver import Driver
     from rlhf_dist.remote import gather
