@@ -144,7 +144,10 @@ def python_function_problem(spec: str, setting: str, root: str | None = None) ->
     from rlhf_dist.rewards.functions import load_python_function
 
     try:
-        with _on_path(root or os.getcwd()):
+        # PYTHONPATH as it is now: the actors start from this environment, even when it was set
+        # after this process began (a library caller, a test), so this process's sys.path may lack it.
+        env_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        with _on_path([root or os.getcwd(), *env_path]):
             load_python_function(spec)
     except UserError as exc:
         return f"{setting}: {exc}"
@@ -156,19 +159,18 @@ def python_function_problem(spec: str, setting: str, root: str | None = None) ->
 
 
 @contextmanager
-def _on_path(root: str) -> Iterator[None]:
-    """``root`` on sys.path for one import (the console script's path lacks the current directory),
+def _on_path(roots: list[str]) -> Iterator[None]:
+    """``roots`` on sys.path for one import (the console script's path lacks the current directory),
     writing no ``__pycache__`` into the user's folders: a check leaves nothing behind."""
-    added = root not in sys.path and not (root == os.getcwd() and "" in sys.path)
-    if added:
-        sys.path.insert(0, root)
+    added = [r for r in dict.fromkeys(roots) if r not in sys.path and not (r == os.getcwd() and "" in sys.path)]
+    sys.path[:0] = added
     no_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         yield
     finally:
         sys.dont_write_bytecode = no_bytecode
-        if added:
-            sys.path.remove(root)
+        for r in added:
+            sys.path.remove(r)
 
 
 # -- data, GPUs and cores ------------------------------------------------------------------------

@@ -214,3 +214,14 @@ def test_an_unforeseen_error_is_one_line_and_debug_shows_it(monkeypatch, capsys)
     assert err == "rlhf-dist: failed: RuntimeError: something we did not foresee; rerun with --debug for the traceback\n"
     with pytest.raises(RuntimeError):
         launch.cli.main(["config", "show", "--debug"])
+
+
+def test_a_reward_module_on_pythonpath_set_after_start_is_found_like_the_actors_will(tmp_path, monkeypatch):
+    from rlhf_dist.preflight import python_function_problem
+
+    (tmp_path / "late_reward_mod.py").write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
+    monkeypatch.chdir(tmp_path.parent)
+    assert "cannot import module 'late_reward_mod'" in python_function_problem("late_reward_mod:score", "r.path")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert python_function_problem("late_reward_mod:score", "r.path") is None
+    assert str(tmp_path) not in sys.path, "the check leaves sys.path as it was"
