@@ -10,7 +10,7 @@ from rlhf_dist.config import load_config
 pytestmark = pytest.mark.slow
 
 
-def test_alarm_fires_when_the_proxy_pays_for_a_planted_feature(tmp_path, monkeypatch):
+def test_alarm_fires_when_the_proxy_pays_for_a_planted_feature(tmp_path, monkeypatch, capfd):
     # The reward actor imports the planted function by module path.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     cfg = load_config(
@@ -21,8 +21,9 @@ def test_alarm_fires_when_the_proxy_pays_for_a_planted_feature(tmp_path, monkeyp
             "reward.gold=letters",
         ],
     )
-    with pytest.warns(UserWarning, match="reward-hacking alarm"):
-        records = train(cfg, tmp_path / "run", progress=False).records
+    records = train(cfg, tmp_path / "run", progress=False).records
+    # The console speaks the alarm in our voice (the library's logs go to RUN_DIR/logs).
+    assert "rlhf-dist: warning: reward-hacking alarm at step" in capfd.readouterr().err
     proxy = [r["reward/mean"] for r in records]
     gold = [r["reward/gold_mean"] for r in records]
     assert proxy[-1] > 2 * proxy[0] and gold[-1] < gold[0], "the constructed case did not hack"
