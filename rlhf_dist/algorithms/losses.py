@@ -55,6 +55,7 @@ def ppo_policy_loss(
     agg: LossAgg = "token-mean",
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017), with asymmetric clip bounds (DAPO).
 
@@ -62,11 +63,17 @@ def ppo_policy_loss(
     1 + clip_high) * A)``. The gradient is zero exactly where the clipped branch is the minimum
     (A > 0 and ratio > 1 + clip_high, or A < 0 and ratio < 1 - clip_low).
 
+    Decoupled PPO (Hilton et al. 2021): off-policy, ``old_logp`` is the proximal policy's (the
+    learner's at the start of the step) and ``weights`` (from
+    :func:`~rlhf_dist.algorithms.offpolicy.importance_weights`) multiply each token's surrogate
+    to correct for the behaviour policy that sampled it.
+
     Args:
         logp: (B, T) log-probs of the sampled tokens under the policy being trained.
-        old_logp: (B, T) log-probs under the policy that sampled them.
+        old_logp: (B, T) log-probs under the policy that sampled them, or the proximal policy.
         advantages: (B, T).
         mask: (B, T) 0/1 response-token mask.
+        weights: (B, T) importance weights, treated as constants; None = all 1.
     Returns:
         (loss, stats) with stats ``clip_frac``, ``approx_kl`` (KL(old || new), k3 estimator),
         ``ratio_mean`` and ``ratio_max``.
@@ -77,6 +84,8 @@ def ppo_policy_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach()  # garbage outside the mask is dropped by the aggregation
     loss = aggregate_loss(per_token, mask, agg, num_tokens, num_seqs)
     with torch.no_grad():
         clip_active = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))

@@ -78,6 +78,30 @@ def test_ppo_garbage_past_mask_changes_nothing():
     assert torch.isfinite(noisy_logp.grad).all()
 
 
+def test_ppo_importance_weights_scale_each_token_before_aggregation():
+    # Tokens: ratio 1 with A = 1, w = 0.5 -> -0.5; ratio 1 with A = 2, w = 2 -> -4; ratio e with
+    # A = 1 (clipped to 1.2), w = 0.5 -> -0.6; a padding token with a NaN weight. Token mean over
+    # 3 tokens: -5.1 / 3 = -1.7. Gradients: -A * w * ratio / 3 where unclipped, 0 where clipped.
+    logp = torch.tensor([[0.0, 0.0, 1.0, 0.0]], requires_grad=True)
+    adv = torch.tensor([[1.0, 2.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    weights = torch.tensor([[0.5, 2.0, 0.5, NAN]])
+    loss, stats = ppo_policy_loss(logp, torch.zeros(1, 4), adv, mask, weights=weights)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.7)
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.5 / 3, -4.0 / 3, 0.0, 0.0])
+    assert stats["clip_frac"].item() == pytest.approx(1 / 3)  # the stats ignore the weights
+
+
+def test_ppo_weights_of_one_or_none_are_bit_identical():
+    torch.manual_seed(0)
+    logp, old, adv = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    plain, _ = ppo_policy_loss(logp, old, adv, mask)
+    assert torch.equal(plain, ppo_policy_loss(logp, old, adv, mask, weights=None)[0])
+    assert torch.equal(plain, ppo_policy_loss(logp, old, adv, mask, weights=torch.ones(2, 3))[0])
+
+
 def test_aggregation_hand_worked():
     # Seq 1 tokens [1, 3], seq 2 token [5] (second masked): token-mean = 9/3 = 3;
     # seq-mean-token-mean = mean(2, 5) = 3.5. An empty third sequence is dropped.
