@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+# The algorithm section lives in its own file; importing it here keeps `schema.AlgorithmConfig` working.
+from rlhf_dist.config.algorithm import AlgorithmConfig, KLConfig  # noqa: F401
 from rlhf_dist.config.section import Section
 
 
@@ -94,6 +96,10 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(16, ge=1, description="prompts drawn per step; each gets samples_per_prompt responses")
     samples_per_prompt: int = Field(4, ge=1, description="responses per prompt: the group of grpo/rloo")
     sampling: SamplingConfig = Field(SamplingConfig(), description="how training responses are sampled")
+    async_steps: int = Field(
+        0, ge=0, description="generate the batch of step t+k while step t trains: samples are at most k policy "
+        "versions old (see algorithm.is_correction); 0 = on-policy"
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per engine (tensor parallel)")
     gpu_memory_utilization: float = Field(
         0.5, gt=0.0, le=1.0, description="vllm: share of each GPU's memory the engine may take (weights and KV cache)"
@@ -223,42 +229,6 @@ class LearnerConfig(TrainerConfig):
     critic_init: Literal["policy", "reward_model"] = Field(
         "policy", description="ppo: start the critic from the policy (zero value head) or from the reward model"
     )
-
-
-class KLConfig(Section):
-    """The KL to the reference policy (rlhf_dist/algorithms/kl.py): estimator, where it enters, coefficient."""
-
-    coef: float = Field(0.05, ge=0.0, description="KL coefficient; the starting value when adaptive")
-    kind: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="estimator of KL(pi || pi_ref) per token (Schulman's k1, k2, k3); a loss takes k2 or k3"
-    )
-    mode: Literal["reward", "loss"] = Field("reward", description="penalise the reward, or add a loss term")
-    adaptive: bool = Field(False, description="adapt coef towards target (Ziegler et al.); false = fixed coef")
-    target: float | None = Field(None, gt=0.0, description="target KL (nats per sequence) when adaptive")
-    horizon: int = Field(10000, ge=1, description="adaptive: sequences over which coef moves by up to 20%")
-
-
-class AlgorithmConfig(Section):
-    """Advantages (rlhf_dist/shaping.py) and losses (rlhf_dist/learner.py)."""
-
-    name: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = Field(
-        "grpo", description="ppo: GAE with a critic; grpo: group-normalised scores; rloo: leave-one-out baseline; "
-        "reinforce_pp: REINFORCE++, batch-whitened returns"
-    )
-    gamma: float = Field(1.0, ge=0.0, le=1.0, description="ppo: discount of GAE")
-    lam: float = Field(0.95, ge=0.0, le=1.0, description="ppo: lambda of GAE")
-    clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clipped below at 1 - clip_low")
-    clip_high: float = Field(0.2, gt=0.0, description="policy ratio clipped above at 1 + clip_high (> clip_low: DAPO's clip-higher)")
-    value_clip: float = Field(0.2, gt=0.0, description="ppo: new values clipped to old values +- value_clip in the value loss")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field(
-        "token-mean", description="token-mean: over all response tokens of the batch; seq-mean-token-mean: per "
-        "sequence, then over sequences"
-    )
-    normalize_group_std: bool = Field(True, description="grpo: divide each group's centred scores by its std")
-    whiten_advantages: bool = Field(
-        True, description="whiten ppo/rloo advantages over the batch (grpo normalises per group; reinforce_pp always whitens)"
-    )
-    kl: KLConfig = Field(KLConfig(), description="the KL to the reference policy")
 
 
 class RoleResources(Section):

@@ -15,7 +15,7 @@ VLLM_HEAD_DIMS = (64, 128)
 
 def validate_config(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
-    for check in (_batch_sizes, _algorithm, _kl, _lengths, _tiny_model, _reward, _placement, _eval):
+    for check in (_batch_sizes, _algorithm, _kl, _off_policy, _lengths, _tiny_model, _reward, _placement, _eval):
         problems.extend(check(cfg))
     return problems
 
@@ -85,6 +85,32 @@ def _kl(cfg: RunConfig) -> list[str]:
         )
     if kl.adaptive and kl.target is None:
         problems.append("algorithm.kl.adaptive=true needs algorithm.kl.target (nats per sequence)")
+    return problems
+
+
+def _off_policy(cfg: RunConfig) -> list[str]:
+    """Async generation, dynamic sampling and the overlong penalty (rlhf_dist/algorithms/offpolicy.py)."""
+    algo, rollout, problems = cfg.algorithm, cfg.rollout, []
+    if cfg.placement.colocate and rollout.async_steps >= 1:
+        problems.append(
+            f"rollout.async_steps={rollout.async_steps} with placement.colocate=true: colocated engines sleep "
+            "while the learners train, so generation cannot overlap training; set rollout.async_steps=0 or "
+            "placement.colocate=false"
+        )
+    if algo.dynamic_sampling and (algo.name not in ("grpo", "rloo") or rollout.samples_per_prompt < 2):
+        problems.append(
+            f"algorithm.dynamic_sampling=true drops groups whose samples all scored the same, so it needs a group "
+            f"algorithm and groups of two or more (got algorithm.name={algo.name}, rollout.samples_per_prompt="
+            f"{rollout.samples_per_prompt}); use algorithm.name=grpo or rloo with samples_per_prompt >= 2, or "
+            "dynamic_sampling=false"
+        )
+    max_new = rollout.sampling.max_new_tokens
+    if algo.overlong == "penalty" and algo.overlong_buffer >= max_new:
+        problems.append(
+            f"algorithm.overlong_buffer={algo.overlong_buffer} must be smaller than rollout.sampling.max_new_tokens="
+            f"{max_new} with algorithm.overlong=penalty, or every response is penalised; set overlong_buffer to at "
+            f"most {max_new - 1}"
+        )
     return problems
 
 

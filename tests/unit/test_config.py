@@ -92,6 +92,48 @@ def test_other_cross_field_checks():
     assert "tensor_parallel_size=2 needs placement.rollout.num_gpus=2" in problems("rollout.tensor_parallel_size=2")
 
 
+def test_off_policy_fields_default_to_on_policy_and_load():
+    cfg = load_config()
+    assert cfg.rollout.async_steps == 0 and cfg.algorithm.is_correction == "auto"
+    assert (cfg.algorithm.is_cap, cfg.algorithm.is_level) == (2.0, "token")
+    assert (cfg.algorithm.dynamic_sampling, cfg.algorithm.max_sampling_rounds) == (False, 3)
+    assert (cfg.algorithm.overlong, cfg.algorithm.overlong_buffer, cfg.algorithm.overlong_penalty) == ("keep", 4, 1.0)
+    cfg = load_config(None, ["rollout.async_steps=2", "algorithm.is_correction=mis", "algorithm.is_level=sequence",
+                             "algorithm.dynamic_sampling=true", "algorithm.overlong=penalty"])
+    assert (cfg.rollout.async_steps, cfg.algorithm.is_correction, cfg.algorithm.is_level) == (2, "mis", "sequence")
+    assert "algorithm.is_cap: got 1.0; input should be greater than 1" in problems("algorithm.is_cap=1.0")
+    assert "rollout.async_steps: got -1; input should be greater than or equal to 0" in problems("rollout.async_steps=-1")
+    assert "algorithm.max_sampling_rounds: got 0" in problems("algorithm.max_sampling_rounds=0")
+
+
+def test_colocation_cannot_overlap_generation_and_training():
+    colocated = ["placement.colocate=true", "placement.rollout.num_gpus=0.5", "placement.learner.num_gpus=0.5",
+                 "rollout.num_workers=2"]
+    text = problems(*colocated, "rollout.async_steps=1")
+    assert ("rollout.async_steps=1 with placement.colocate=true: colocated engines sleep while the learners "
+            "train, so generation cannot overlap training; set rollout.async_steps=0 or placement.colocate=false") in text
+    assert load_config(None, colocated).rollout.async_steps == 0  # on-policy colocation is fine
+    assert load_config(None, ["rollout.async_steps=1"]).rollout.async_steps == 1  # so is async without it
+
+
+def test_dynamic_sampling_needs_groups():
+    assert "algorithm.dynamic_sampling=true drops groups whose samples all scored the same" in problems(
+        "algorithm.dynamic_sampling=true", "algorithm.name=ppo"
+    )
+    text = problems("algorithm.dynamic_sampling=true", "algorithm.name=reinforce_pp")
+    assert "got algorithm.name=reinforce_pp, rollout.samples_per_prompt=4); use algorithm.name=grpo or rloo" in text
+    for name in ("grpo", "rloo"):
+        assert load_config(None, ["algorithm.dynamic_sampling=true", f"algorithm.name={name}"]).algorithm.dynamic_sampling
+
+
+def test_overlong_buffer_must_leave_room_under_max_new_tokens():
+    text = problems("algorithm.overlong=penalty", "algorithm.overlong_buffer=16")
+    assert ("algorithm.overlong_buffer=16 must be smaller than rollout.sampling.max_new_tokens=16 with "
+            "algorithm.overlong=penalty, or every response is penalised; set overlong_buffer to at most 15") in text
+    assert load_config(None, ["algorithm.overlong=penalty", "algorithm.overlong_buffer=15"]).algorithm.overlong_buffer == 15
+    assert load_config(None, ["algorithm.overlong=keep", "algorithm.overlong_buffer=16"])  # unused unless penalty
+
+
 def test_missing_file_bad_yaml_and_bad_override(tmp_path):
     assert "does not exist" in problems(path=tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
