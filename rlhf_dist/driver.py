@@ -25,21 +25,20 @@ from rlhf_dist.algorithms import AdaptiveKLController, FixedKLController
 from rlhf_dist.config import RunConfig
 from rlhf_dist.data import Prompt, PromptSampler
 from rlhf_dist.evaluation import Evaluator
-from rlhf_dist.experience import Experience, StepBatch, columns_of
+from rlhf_dist.experience import Experience, StepBatch
 from rlhf_dist.metrics import MetricsLogger
 from rlhf_dist.monitor import HackingMonitor
 from rlhf_dist.ray_metrics import RayMetricsExporter
-from rlhf_dist.remote import (
-    ActorDied, Roles, RunFailed, gather, generate_on, score_on, shard_sizes, wait_until_alive,
-)
-from rlhf_dist.rollout import Request, Sample, request_seed
+from rlhf_dist.pipeline import RolloutPipeline
+from rlhf_dist.remote import ActorDied, Roles, RunFailed, gather, wait_until_alive
 from rlhf_dist.run_state import LoopState, restore_run_checkpoint, save_run_checkpoint
 from rlhf_dist.shaping import compute_advantages
 from rlhf_dist.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
-PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")  # + "eval" when due
+# + "eval" when due; async adds "logprobs" (the proximal log-probs) and "rollout_wait"
+PHASES = ("generate", "score", "reference", "values", "advantages", "train", "sync")
 
 
 class RewardHackingWarning(UserWarning):
@@ -72,6 +71,9 @@ class Driver:
         )
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
                                cfg.rollout.tensor_parallel_size, cfg.model.dtype)
+        self.rollouts = RolloutPipeline(cfg, roles, prompts, pad_token_id, self.state.sampler,
+                                        version=lambda: self.state.policy_version,
+                                        after_generate=lambda: self.set_generators_awake(False))
         self.evaluator = Evaluator(cfg, eval_prompts or [], roles, run_dir, metrics)
         self.ray_metrics = RayMetricsExporter(cfg.name)
         self.timings: dict[str, float] = {}
@@ -89,6 +91,12 @@ class Driver:
         self.sync.open()
         if start_step > 0:  # the generators hold the initial weights; send the restored ones
             self.sync.push(self.policy_version)
+        try:
+            return self.run_steps(start_step)
+        finally:
+            self.rollouts.close()
+
+    def run_steps(self, start_step: int) -> list[dict[str, float]]:
         for step in range(start_step, self.cfg.steps):
             try:
                 self.records.append(self.step(step))
@@ -115,66 +123,51 @@ class Driver:
         if self.evaluator.due(step):  # the weights the generators hold as the step starts
             with self.phase("eval"):
                 eval_stats = self.recovering(lambda: self.evaluate(step))
-        indices = self.state.sampler.next_batch(self.cfg.rollout.prompts_per_step)
-        with self.phase("generate"):
-            batch = self.recovering(lambda: self.generate(step, indices))
-            self.set_generators_awake(False)
-        exp = batch.exp
-        with self.phase("score"):
-            reward_stats = self.recovering(lambda: self.score(batch))
-        with self.phase("reference"):
-            exp.ref_logprobs = self.recovering(lambda: self.reference(exp))
+        with self.phase(self.waiting):  # on-policy: generate, score and reference happen here
+            produced = self.rollouts.take(step, self.recovering)
+        self.rollouts.launch_ahead(step)  # async: the next batches, while this one trains
+        self.timings.update(produced.timings)
+        batch, exp = produced.batch, produced.batch.exp
+        staleness = (self.policy_version - exp.policy_versions).float()  # versions behind the learner
+        produced.stats.update({"rollout/staleness_mean": float(staleness.mean()),
+                               "rollout/staleness_max": float(staleness.max())})
+        if self.rollouts.ahead:  # the learner's log-probs before its update: the proximal policy
+            with self.phase("logprobs"):
+                exp.old_logprobs = self.learner_call(lambda: self.learner_logprobs(exp), step)
         with self.phase("values"):
             exp.values = self.learner_call(lambda: self.values(exp), step)
         with self.phase("advantages"):
             kl_ctl = self.state.kl_ctl
             adv_stats = compute_advantages(exp, self.cfg.algorithm, kl_ctl.value, self.cfg.rollout.samples_per_prompt)
+            produced.zero_filler_advantages(self.cfg.rollout.samples_per_prompt)
         with self.phase("train"):
             train_stats = self.learner_call(lambda: self.train(exp), step)
         self.count_nonfinite(step, train_stats)
+        with self.phase(self.waiting):
+            self.finish_rollouts()
         with self.phase("sync"):
             self.set_generators_awake(True)
             sync_stats = self.recovering(lambda: self.learner_call(self.sync_weights, step))
         kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
-        record = self.step_metrics(step, exp, started, eval_stats, reward_stats, adv_stats, train_stats, sync_stats)
+        record = self.step_metrics(step, exp, started, eval_stats, produced.stats, adv_stats, train_stats, sync_stats)
         self.finish_step(step, record, batch)
         return record
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str | None) -> Iterator[None]:
+        """Time the block as ``timing/<name>`` (added up when a phase runs twice; None: untimed)."""
         start = time.perf_counter()
         yield
-        self.timings[name] = time.perf_counter() - start
+        if name is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def waiting(self) -> str | None:
+        """Async: the time the loop waits for batches produced in the background, ``rollout_wait``
+        (their own generate/score/reference times overlap training and are logged with the batch)."""
+        return "rollout_wait" if self.rollouts.ahead else None
 
     # -- phases ---------------------------------------------------------------------------------
-
-    def generate(self, step: int, indices: list[int]) -> StepBatch:
-        """Sample ``samples_per_prompt`` responses for each of this step's prompts."""
-        rollout = self.cfg.rollout
-        requests = [
-            Request(i, s, self.prompts[i].ids, request_seed(self.cfg.seed, step, i, s))
-            for i in indices
-            for s in range(rollout.samples_per_prompt)
-        ]
-        samples = generate_on(self.roles.rollout, requests, rollout.sampling)
-        rows = [self.prompts[s.prompt_index] for s in samples]
-        return StepBatch(
-            exp=self.to_experience(samples),
-            prompts=[p.text for p in rows],
-            responses=[s.text for s in samples],
-            columns=columns_of(rows),
-        )
-
-    def score(self, batch: StepBatch) -> dict[str, float]:
-        """Rewards of every sequence, sharded over the scorers; sets ``exp.scores`` and components."""
-        exp = batch.exp
-        result = score_on(self.roles.reward, batch.prompts, batch.responses, batch.columns)
-        exp.scores, exp.reward_components = result.total, result.components
-        stats = {"reward/mean": float(exp.scores.mean()), "reward/std": float(exp.scores.std())}
-        stats.update({f"reward/{k}": float(v.mean()) for k, v in exp.reward_components.items()})
-        if result.gold is not None:
-            stats["reward/gold_mean"] = float(result.gold.mean())
-        return stats
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out eval at the generators' current weights; one line for the user."""
@@ -183,11 +176,21 @@ class Driver:
         self.metrics.note(f"eval at step {step}: {shown}")
         return stats
 
-    def reference(self, exp: Experience) -> torch.Tensor:
-        sizes = shard_sizes(exp.batch_size, len(self.roles.reference))
-        shards = exp.shards(sizes)
-        refs = [actor.logprobs.remote(s) for actor, s, n in zip(self.roles.reference, shards, sizes) if n]
-        return torch.cat(gather(refs, "reference"))
+    def learner_logprobs(self, exp: Experience) -> torch.Tensor:
+        shards = exp.split(len(self.roles.learners))
+        return torch.cat(gather([l.logprobs.remote(s) for l, s in zip(self.roles.learners, shards)], "learner"))
+
+    def finish_rollouts(self) -> None:
+        """Async: wait for the batches produced in the background. If an actor died there, recover
+        (as for any phase) and produce them again after the sync, at the new weights."""
+        try:
+            self.rollouts.finish()
+        except ActorDied as exc:
+            if exc.role.startswith("learner") or self.state.counters["faults/actor_restarts"] >= self.cfg.recovery.max_actor_restarts:
+                raise
+            log.warning("%s; waiting for Ray to restart it, then producing the next batch again", exc)
+            self.state.counters["faults/actor_restarts"] += 1
+            self.after_restart()
 
     def values(self, exp: Experience) -> torch.Tensor | None:
         if self.cfg.algorithm.name != "ppo":
@@ -202,10 +205,16 @@ class Driver:
         tokens = sum(r.pop("num_tokens") for r in per_rank)
         abs_diff = sum(r.pop("logprob_abs_diff_sum") for r in per_rank)
         diff_max = max(r.pop("logprob_abs_diff_max") for r in per_rank)
+        importance = {}
+        if "is_tokens" in per_rank[0]:  # importance weights: token-weighted over ranks
+            is_tokens = max(sum(r.pop("is_tokens") for r in per_rank), 1.0)
+            importance["is/weight_mean"] = sum(r.pop("is_weight_sum") for r in per_rank) / is_tokens
+            importance["is/clipped_frac"] = sum(r.pop("is_clipped_sum") for r in per_rank) / is_tokens
+            importance["is/weight_max"] = max(r.pop("is_weight_max") for r in per_rank)
         stats = {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
         stats["rollout/logprob_abs_diff"] = abs_diff / max(tokens, 1.0)
         stats["rollout/logprob_abs_diff_max"] = diff_max
-        return stats
+        return {**stats, **importance}
 
     def sync_weights(self) -> dict[str, float]:
         """Send the trained weights to the generators as the next policy version."""
@@ -298,27 +307,15 @@ class Driver:
 
     def save_checkpoint(self, steps_done: int) -> Path:
         return save_run_checkpoint(self.run_dir, steps_done, self.cfg.checkpoint.keep_last, self.state, self.roles,
-                                   self.recovering)
+                                   self.recovering, also=self.rollouts.save_ready)
 
     def restore(self, ckpt: Path) -> int:
         """Load a checkpoint into the driver and every actor; returns the step to continue from."""
-        return restore_run_checkpoint(ckpt, self.state, self.roles)
+        steps_done = restore_run_checkpoint(ckpt, self.state, self.roles)
+        self.rollouts.load_ready(ckpt)  # async: the batches produced ahead of the checkpoint
+        return steps_done
 
     # -- bookkeeping ----------------------------------------------------------------------------
-
-    def to_experience(self, samples: list[Sample]) -> Experience:
-        prompts = [self.prompts[s.prompt_index].ids for s in samples]
-        width = max(len(p) for p in prompts)
-        length = max(1, max(len(s.response_ids) for s in samples))
-        return Experience(
-            prompt_ids=torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts]),
-            prompt_mask=torch.tensor([[0.0] * (width - len(p)) + [1.0] * len(p) for p in prompts]),
-            response_ids=torch.tensor([s.response_ids + [self.pad] * (length - len(s.response_ids)) for s in samples]),
-            response_mask=torch.tensor([[1.0] * len(s.response_ids) + [0.0] * (length - len(s.response_ids)) for s in samples]),
-            rollout_logprobs=torch.tensor([s.logprobs + [0.0] * (length - len(s.logprobs)) for s in samples]),
-            prompt_index=torch.tensor([s.prompt_index for s in samples]),
-            policy_version=self.policy_version,
-        )
 
     def finish_step(self, step: int, record: dict[str, float], batch: StepBatch) -> None:
         """Counters and the hacking alarm into the record, then log it everywhere."""
@@ -337,7 +334,7 @@ class Driver:
 
     def step_metrics(self, step, exp, started, *parts: dict[str, float]) -> dict[str, float]:
         step_time = time.time() - started
-        record: dict[str, float] = {"step": step, "policy_version": exp.policy_version}
+        record: dict[str, float] = {"step": step, "policy_version": int(exp.policy_versions.min())}
         for part in parts:
             record.update(part)
         record.update({f"timing/{name}": seconds for name, seconds in self.timings.items()})

@@ -19,13 +19,14 @@ _TOKEN_FIELDS = (
     "response_ids",
     "response_mask",
     "rollout_logprobs",
+    "old_logprobs",
     "ref_logprobs",
     "values",
     "token_rewards",
     "advantages",
     "returns",
 )
-_SEQUENCE_FIELDS = ("scores", "prompt_index")
+_SEQUENCE_FIELDS = ("scores", "prompt_index", "policy_versions", "trainable")
 
 
 class ExperienceShapeError(ValueError):
@@ -45,7 +46,10 @@ class Experience:
     response_ids: torch.Tensor  # (B, T) long, right padded
     response_mask: torch.Tensor  # (B, T) 0/1 float, 1 on response tokens
     # Log-probabilities of the sampled tokens (temperature-scaled distribution)
-    rollout_logprobs: torch.Tensor  # (B, T) log pi_old(a|s), from the rollout engine
+    rollout_logprobs: torch.Tensor  # (B, T) log pi_behaviour(a|s), from the rollout engine
+    # (B, T) log pi_proximal(a|s): the learner's own log-probs before its update, when the driver
+    # computes them ahead of training (async); otherwise the learner computes them in `train`
+    old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None  # (B, T) log pi_ref(a|s), from the reference
     # Critic and rewards
     values: torch.Tensor | None = None  # (B, T) V(s_t) at rollout time (PPO only)
@@ -56,13 +60,22 @@ class Experience:
     returns: torch.Tensor | None = None  # (B, T) value targets (PPO only)
     # Bookkeeping
     prompt_index: torch.Tensor | None = None  # (B,) long, the dataset index of each prompt
-    policy_version: int = 0  # the learner version whose weights generated this batch
+    policy_versions: torch.Tensor | None = None  # (B,) long, the policy version that sampled each sequence
+    trainable: torch.Tensor | None = None  # (B,) 0/1 float, 0 = no loss on this sequence (overlong: mask)
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,)
 
     def __post_init__(self) -> None:
         self.validate()
 
     # -- shape ----------------------------------------------------------------------------------
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(B, T) the response tokens that enter the losses: ``response_mask`` without the
+        sequences marked untrainable."""
+        if self.trainable is None:
+            return self.response_mask
+        return self.response_mask * self.trainable[:, None].to(self.response_mask.dtype)
 
     @property
     def batch_size(self) -> int:
@@ -132,15 +145,11 @@ class Experience:
     def concat(cls, parts: list[Experience]) -> Experience:
         """Join batches row-wise, re-padding prompts on the left and responses on the right.
 
-        All parts must come from the same policy version and carry the same optional fields.
+        All parts must carry the same optional fields; their policy versions may differ (each
+        sequence keeps its own in ``policy_versions``).
         """
         if not parts:
             raise ExperienceShapeError("Experience.concat needs at least one part")
-        versions = {p.policy_version for p in parts}
-        if len(versions) > 1:
-            raise ExperienceShapeError(
-                f"cannot concat experiences from different policy versions {sorted(versions)}"
-            )
         first = parts[0]
         prompt_len = max(p.prompt_ids.shape[1] for p in parts)
         resp_len = max(p.response_ids.shape[1] for p in parts)
@@ -164,7 +173,7 @@ class Experience:
         if any(set(p.reward_components) != names for p in parts):
             raise ExperienceShapeError("cannot concat: parts have different reward components")
         components = {k: torch.cat([p.reward_components[k] for p in parts]) for k in names}
-        return cls(**joined, policy_version=first.policy_version, reward_components=components)
+        return cls(**joined, reward_components=components)
 
 
 def _pad_to(x: torch.Tensor, length: int, left: bool) -> torch.Tensor:
@@ -185,6 +194,7 @@ class StepBatch:
     prompts: list[str]  # (B,) the rendered prompt text of each sequence
     responses: list[str]  # (B,) the decoded response text
     columns: dict[str, list] = field(default_factory=dict)  # row column name -> (B,) values
+    truncated: list[bool] = field(default_factory=list)  # (B,) cut off at max_new_tokens
 
 
 def columns_of(rows: list) -> dict[str, list]:

@@ -7,13 +7,16 @@ called on all ranks together (ZeRO-3 gathers and the gradient all-reduce are col
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rlhf_dist.algorithms import aggregate_loss, kl_estimate, masked_mean, ppo_policy_loss, value_loss
+from rlhf_dist.algorithms import (
+    aggregate_loss, importance_weights, kl_estimate, masked_mean, ppo_policy_loss, resolve_is_correction, value_loss,
+)
 from rlhf_dist.batching import MicroBatch, MicroBatchStats, padded_positions, plan_micro_batches
 from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
@@ -56,6 +59,7 @@ class Learner:
                 enable_gradient_checkpointing(critic.backbone)
             self.critic = self._engine(critic.to(policy.dtype), cfg.learner.optimizer.critic_lr)
         self.temperature = cfg.rollout.sampling.temperature
+        self.is_correction = resolve_is_correction(cfg.algorithm.is_correction, cfg.rollout.async_steps)
         self._sync: SyncGroup | None = None
         self._positions = [0, 0]  # (padding, all) positions of the policy's forward passes in train()
 
@@ -133,19 +137,27 @@ class Learner:
     # -- training -------------------------------------------------------------------------------
 
     def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
-        """PPO epochs x mini-batches over this rank's shard; returns mean statistics."""
+        """PPO epochs x mini-batches over this rank's shard; returns mean statistics.
+
+        The PPO ratio is taken against the proximal policy: the learner's log-probs before this
+        update (``shard.old_logprobs`` when the driver computed them, async; else computed here).
+        The rollout engine's log-probs are the behaviour policy, corrected for by importance
+        weights (``algorithm.is_correction``) on the policy-gradient term (Hilton et al. 2021).
+        """
         self._positions = [0, 0]
-        old_logprobs = self.logprobs(shard)
+        if shard.old_logprobs is None:
+            shard = dataclasses.replace(shard, old_logprobs=self.logprobs(shard))
         mask = shard.response_mask
-        diff = torch.where(mask.bool(), (old_logprobs - shard.rollout_logprobs).abs(), 0.0)
+        diff = torch.where(mask.bool(), (shard.old_logprobs - shard.rollout_logprobs).abs(), 0.0)
+        weights, is_stats = importance_weights(shard.old_logprobs, shard.rollout_logprobs, shard.loss_mask,
+                                               self.is_correction, self.cfg.algorithm.is_cap, self.cfg.algorithm.is_level)
         stats: dict[str, list[float]] = {}
         per_rank_mini = self.cfg.learner.mini_batch_size // self.world_size
         with self._train_mode():
             for _ in range(self.cfg.learner.epochs):
                 for start in range(0, shard.batch_size, per_rank_mini):
-                    mini = shard.select(slice(start, start + per_rank_mini))
-                    old = old_logprobs[start : start + per_rank_mini]
-                    for name, value in self._train_mini_batch(mini, old, kl_coef).items():
+                    rows = slice(start, start + per_rank_mini)
+                    for name, value in self._train_mini_batch(shard.select(rows), weights[rows], kl_coef).items():
                         stats.setdefault(name, []).append(value)
         result = {name: sum(v) / len(v) for name, v in stats.items()}
         result.update(_last_values(stats))
@@ -153,6 +165,12 @@ class Learner:
         result["logprob_abs_diff_sum"] = float(diff.sum())
         result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
         result["num_tokens"] = float(mask.sum())
+        if self.is_correction != "none":  # sums and a max, for the driver to reduce over ranks
+            loss_tokens = float(shard.loss_mask.sum())
+            result["is_weight_sum"] = float(is_stats["weight_mean"]) * loss_tokens
+            result["is_clipped_sum"] = float(is_stats["clipped_frac"]) * loss_tokens
+            result["is_weight_max"] = float(is_stats["weight_max"])
+            result["is_tokens"] = loss_tokens
         return result
 
     def _padding_frac(self) -> float:
@@ -166,14 +184,14 @@ class Learner:
     def _global_counts(self, mini: Experience) -> tuple[float, float]:
         """Response tokens and non-empty sequences in this mini-batch across all ranks."""
         counts = torch.tensor(
-            [mini.response_mask.sum().item(), (mini.response_mask.sum(-1) > 0).sum().item()], dtype=torch.float64
+            [mini.loss_mask.sum().item(), (mini.loss_mask.sum(-1) > 0).sum().item()], dtype=torch.float64
         )
         if self.world_size > 1:
             counts = counts.to(self.device)
             dist.all_reduce(counts)
         return float(counts[0]), float(counts[1])
 
-    def _train_mini_batch(self, mini: Experience, old_logprobs: torch.Tensor, kl_coef: float) -> dict[str, float]:
+    def _train_mini_batch(self, mini: Experience, is_weights: torch.Tensor, kl_coef: float) -> dict[str, float]:
         """One optimizer step: a backward per micro-batch, gradients accumulated, then the step.
 
         The accumulation boundary is set by hand (not counted by DeepSpeed against its configured
@@ -190,11 +208,11 @@ class Learner:
             for _, engine in self._engines():
                 engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             mb = part.take(mini)
-            step_stats = self._policy_micro_step(mb, part.cut(old_logprobs), kl_coef, num_tokens, num_seqs, scale)
+            step_stats = self._policy_micro_step(mb, part.cut(is_weights), kl_coef, num_tokens, num_seqs, scale)
             nonfinite = max(nonfinite, step_stats.pop("train/nonfinite_loss"))
             if self.critic is not None:
                 step_stats.update(self._critic_micro_step(mb, num_tokens, num_seqs, scale))
-            stats.add(step_stats, tokens=float(mb.response_mask.sum()))
+            stats.add(step_stats, tokens=float(mb.loss_mask.sum()))
         lrs = {"train/lr": self.policy.get_lr()[0]}  # read before step() advances the schedule
         self.policy.step()
         if self.critic is not None:
@@ -223,14 +241,15 @@ class Learner:
         return stats.result(summed_t.cpu().tolist(), maxed_t.cpu().tolist()[:-1])
 
     def _policy_micro_step(
-        self, mb: Experience, old_logprobs: torch.Tensor, kl_coef: float, num_tokens: float, num_seqs: float, scale: float
+        self, mb: Experience, is_weights: torch.Tensor, kl_coef: float, num_tokens: float, num_seqs: float, scale: float
     ) -> dict[str, float]:
         algo = self.cfg.algorithm
-        mask = mb.response_mask.to(self.device)
+        mask = mb.loss_mask.to(self.device)
         logp, entropy = self._logprobs(mb, with_entropy=True)
+        weights = is_weights.to(self.device) if self.is_correction != "none" else None
         loss, pstats = ppo_policy_loss(
-            logp, old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
-            algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs,
+            logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
+            algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs, weights=weights,
         )
         step_stats = {f"policy/{k}": float(v) for k, v in pstats.items()}
         step_stats["policy/loss"] = float(loss.detach())
@@ -249,7 +268,7 @@ class Learner:
         prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
         values = self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float()
         loss, vstats = value_loss(
-            values, mb.values.to(self.device), mb.returns.to(self.device), response_mask,
+            values, mb.values.to(self.device), mb.returns.to(self.device), mb.loss_mask.to(self.device),
             algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
         )
         self.critic.backward(loss * scale, scale_wrt_gas=False)

@@ -33,6 +33,7 @@ class Sample:
     response_ids: list[int]  # includes the eos token when the model stopped by itself
     logprobs: list[float]  # one per response token
     text: str  # decoded response without special tokens
+    truncated: bool = False  # cut off at max_new_tokens rather than stopped by the model
 
 
 def request_seed(run_seed: int, step: int, prompt_index: int, sample_index: int, stream: str = "") -> int:
@@ -122,7 +123,8 @@ class VLLMEngine:
             completion = output.outputs[0]
             ids = list(completion.token_ids)
             logprobs = [step[token].logprob for step, token in zip(completion.logprobs, ids)]
-            samples.append(Sample(request.prompt_index, request.sample_index, ids, logprobs, completion.text))
+            samples.append(Sample(request.prompt_index, request.sample_index, ids, logprobs, completion.text,
+                                  truncated=completion.finish_reason == "length"))
         return samples
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> None:
@@ -204,7 +206,8 @@ class HFEngine:
         for request, row, lp in zip(requests, token_rows, logp_rows):
             length = row.index(eos) + 1 if eos in row else len(row)
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            samples.append(Sample(request.prompt_index, request.sample_index, row[:length], lp[:length], text))
+            samples.append(Sample(request.prompt_index, request.sample_index, row[:length], lp[:length], text,
+                                  truncated=eos not in row[:length]))
         return samples
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> None:

@@ -6,6 +6,7 @@ A run checkpoint ``RUN_DIR/checkpoints/step-NNNNNN`` holds:
     learner-*/                the learners' DeepSpeed state (policy, critic, optimizer, scheduler)
     rng/driver.safetensors    the driver's torch/numpy/python RNG
     rng/<role>-<i>.safetensors  the RNG of every rollout, reward and reference actor
+    pending/step-N.*          async: the batches produced ahead (tokens, log-probs, versions, scores)
     driver_state.json         `LoopState` + counts; written last, so its presence marks the whole
     manifest.json             every file's size and sha256 (rlhf_dist/manifest.py), checked on resume
 """
@@ -69,11 +70,13 @@ class LoopState:
 def save_run_checkpoint(
     run_dir: Path, steps_done: int, keep_last: int, state: LoopState, roles: Roles,
     call: Callable[[Callable[[], Any]], Any] = lambda work: work(),
+    also: Callable[[Path], list] = lambda tmp: [],
 ) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically; on failure the previous one stays as it was.
 
     ``call`` wraps each remote phase (the driver passes its restart-and-redo wrapper, so a reward
-    actor that dies while its RNG is read is restarted rather than failing the checkpoint).
+    actor that dies while its RNG is read is restarted rather than failing the checkpoint); ``also``
+    writes more of the driver's files (the batches produced ahead, async) and returns their digests.
     """
 
     def write(tmp: Path) -> list:  # the digests of the driver's files, for the manifest
@@ -84,6 +87,7 @@ def save_run_checkpoint(
             states = call(lambda: gather([a.rng_state.remote() for a in actors], role))
             for i, rng in enumerate(states):
                 digests.append(save_tree(rng, tmp / "rng" / f"{role}-{i}.safetensors"))
+        digests.extend(also(tmp))
         digests.append(write_json(tmp / "driver_state.json", state.state_dict(steps_done, roles)))  # last
         return digests
 

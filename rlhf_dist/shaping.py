@@ -35,11 +35,14 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
 
     The KL to the reference enters as a per-token reward penalty when ``algo.kl.mode == "reward"``
     (CONTRACTS: the score sits at the last response token, penalties at every token); in ``loss``
-    mode the learner adds it to the loss instead. Returns KL statistics: ``kl/mean`` is the batch
+    mode the learner adds it to the loss instead. The policy's log-probs are the learner's when the
+    driver computed them (async), else the rollout engine's. Returns KL statistics: ``kl/mean`` is the batch
     mean of each sequence's summed KL (nats per sequence) with the configured estimator.
     """
     mask = exp.response_mask
-    kl = kl_estimate(exp.rollout_logprobs, exp.ref_logprobs, algo.kl.kind, mask)
+    # Async: the learner's own (proximal) log-probs, not the stale ones of the engine that sampled.
+    policy_logp = exp.old_logprobs if exp.old_logprobs is not None else exp.rollout_logprobs
+    kl = kl_estimate(policy_logp, exp.ref_logprobs, algo.kl.kind, mask)
     seq_kl = kl.sum(-1)
     penalty = kl_coef * kl if algo.kl.mode == "reward" else torch.zeros_like(kl)
     scores = exp.scores.float()

@@ -69,9 +69,9 @@ def reference_run(tmp_path_factory):
     return read_metrics(run_dir / "metrics.jsonl")
 
 
-def test_resume_after_sigkill_matches_the_uninterrupted_run(reference_run, tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "launch", "train", *OVERRIDES, "--run-dir", str(run_dir), "--no-progress"]
+def _kill_after_a_checkpoint_then_resume(run_dir: Path, overrides: list[str], tmp_path: Path) -> list[dict]:
+    """Start the CLI, SIGKILL it (and its Ray) once step 3 is logged, resume; the resumed metrics."""
+    cmd = [sys.executable, "-m", "launch", "train", *overrides, "--run-dir", str(run_dir), "--no-progress"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -96,10 +96,28 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(reference_run, tmp_p
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stdout
-    resumed = read_metrics(run_dir / "metrics.jsonl")
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(reference_run, tmp_path):
+    resumed = _kill_after_a_checkpoint_then_resume(tmp_path / "run", OVERRIDES, tmp_path)
     assert [r["step"] for r in resumed] == list(range(STEPS))
     assert _comparable(resumed) == _comparable(reference_run)
     assert resumed[-1]["data/prompts_consumed"] == reference_run[-1]["data/prompts_consumed"]
+
+
+def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
+    """async_steps=1: the checkpoint holds the batch produced ahead (tokens, log-probs, versions,
+    scores), so the resumed run trains on the very batch the killed one had made."""
+    overrides = [*OVERRIDES, "rollout.async_steps=1"]
+    reference = train(load_config(None, overrides), tmp_path / "reference", progress=False).records
+    assert [r["rollout/staleness_max"] for r in reference] == [0.0] + [1.0] * (STEPS - 1)
+    middle, last = checkpoint_dirs(tmp_path / "reference")[-2:]
+    assert [p.name for p in middle.glob("pending/*")] == [f"step-{middle.name[5:].lstrip('0')}.safetensors"]
+    assert not list(last.glob("pending/*")), "nothing is produced ahead of the last step"
+    resumed = _kill_after_a_checkpoint_then_resume(tmp_path / "run", overrides, tmp_path)
+    assert [r["step"] for r in resumed] == list(range(STEPS))
+    assert _comparable(resumed) == _comparable(read_metrics(tmp_path / "reference" / "metrics.jsonl"))
 
 
 def test_killed_rollout_and_reward_actors_are_restarted_and_nothing_is_lost(reference_run, tmp_path):

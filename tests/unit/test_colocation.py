@@ -9,6 +9,7 @@ import pytest
 import rlhf_dist.driver as driver_module
 from rlhf_dist.config import load_config
 from rlhf_dist.driver import Driver
+from rlhf_dist.pipeline import RolloutPipeline
 from rlhf_dist.rollout import VLLMEngine
 
 COLOCATED = ["placement.colocate=true", "rollout.num_workers=2",
@@ -33,12 +34,15 @@ def fake_driver(overrides, calls, monkeypatch):
     d.evaluator = SimpleNamespace(due=lambda step: False)
     d.state = SimpleNamespace(sampler=SimpleNamespace(next_batch=lambda n: list(range(n)), consumed=0),
                               kl_ctl=SimpleNamespace(value=0.1, update=lambda *a: None))
-    batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4))
     d.recovering = lambda work: work()
     d.learner_call = lambda work, step: work()
-    d.generate = lambda step, indices: calls.append("generate") or batch
-    d.score = lambda batch: calls.append("score") or {}
-    d.reference = lambda exp: calls.append("reference")
+    d.rollouts = RolloutPipeline(d.cfg, d.roles, [], 0, d.state.sampler, version=lambda: 0,
+                                 after_generate=lambda: d.set_generators_awake(False))
+    batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4))
+    d.rollouts._generate = lambda step, round_, indices: calls.append("generate") or []
+    d.rollouts._score = lambda samples: calls.append("score")
+    d.rollouts._assemble = lambda rounds, groups: (batch, {}, 0)
+    d.rollouts._reference = lambda exp: calls.append("reference")
     d.values = lambda exp: calls.append("values")
     d.train = lambda exp: calls.append("train") or {}
     d.sync_weights = lambda: calls.append("sync") or {}
@@ -51,7 +55,8 @@ def fake_driver(overrides, calls, monkeypatch):
 def test_colocated_generators_sleep_after_generating_and_wake_before_the_sync(monkeypatch):
     calls = []
     fake_driver(COLOCATED, calls, monkeypatch).step(0)
-    assert calls == ["generate", "g0.sleep", "g1.sleep", "score", "reference", "values", "advantages", "train",
+    # Asleep once every sampling round is generated and scored (dynamic sampling may need more).
+    assert calls == ["generate", "score", "g0.sleep", "g1.sleep", "reference", "values", "advantages", "train",
                      "g0.wake_up", "g1.wake_up", "sync"]
 
 

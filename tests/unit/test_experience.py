@@ -15,7 +15,7 @@ def make(batch=4, prompt_len=3, resp_len=5, version=0, **extra):
         response_mask=torch.ones(batch, resp_len),
         rollout_logprobs=-torch.rand(batch, resp_len),
         scores=torch.arange(batch, dtype=torch.float),
-        policy_version=version,
+        policy_versions=torch.full((batch,), version),
         reward_components={"rule": torch.arange(batch, dtype=torch.float)},
         **extra,
     )
@@ -41,7 +41,7 @@ def test_split_into_equal_shards_keeps_rows_in_order():
     assert [s.batch_size for s in shards] == [2, 2, 2]
     torch.testing.assert_close(shards[1].scores, torch.tensor([2.0, 3.0]))
     torch.testing.assert_close(shards[2].reward_components["rule"], torch.tensor([4.0, 5.0]))
-    assert all(s.policy_version == exp.policy_version for s in shards)
+    torch.testing.assert_close(shards[1].policy_versions, exp.policy_versions[2:4])
 
 
 def test_split_uneven_is_a_clear_error():
@@ -69,8 +69,19 @@ def test_concat_repads_prompts_left_and_responses_right():
     assert joined.num_response_tokens == 2 * 5 + 2 * 2
 
 
-def test_concat_rejects_mixed_versions_and_fields():
-    with pytest.raises(ExperienceShapeError, match="different policy versions"):
-        Experience.concat([make(version=1), make(version=2)])
+def test_concat_keeps_each_sequences_version():
+    joined = Experience.concat([make(version=1), make(batch=2, version=2)])
+    assert joined.policy_versions.tolist() == [1, 1, 1, 1, 2, 2]
+
+
+def test_loss_mask_drops_untrainable_sequences():
+    exp = make(batch=3, trainable=torch.tensor([1.0, 0.0, 1.0]))
+    assert exp.loss_mask.sum(-1).tolist() == [5.0, 0.0, 5.0]
+    assert exp.response_mask.sum() == 15  # the forward passes still see every token
+    plain = make(batch=2)
+    assert plain.loss_mask is plain.response_mask
+
+
+def test_concat_rejects_mixed_fields():
     with pytest.raises(ExperienceShapeError, match="values is set in some parts"):
         Experience.concat([make(values=torch.zeros(4, 5)), make()])

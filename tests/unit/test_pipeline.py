@@ -1,0 +1,82 @@
+"""RolloutPipeline's pure parts: assembling a step's batch from sampling rounds (dynamic sampling,
+overlong handling), and the batches produced ahead surviving a checkpoint round trip exactly."""
+
+import torch
+
+from rlhf_dist.config import load_config
+from rlhf_dist.data import Prompt
+from rlhf_dist.pipeline import Produced, RolloutPipeline
+from rlhf_dist.rewards import RewardResult
+from rlhf_dist.rollout import Sample
+
+N = 2  # samples per prompt
+
+
+def pipeline(*overrides: str, version: int = 3) -> RolloutPipeline:
+    cfg = load_config(None, ["rollout.prompts_per_step=2", f"rollout.samples_per_prompt={N}", "learner.mini_batch_size=4",
+                             "learner.micro_batch_size=2", *overrides])
+    prompts = [Prompt(i, f"prompt {i}", [5, 6 + i], {"answer": str(i)}) for i in range(8)]
+    return RolloutPipeline(cfg, roles=None, prompts=prompts, pad_token_id=0, sampler=None, version=lambda: version)
+
+
+def round_of(prompt_indices: list[int], scores: list[float], truncated=()) -> tuple[list[Sample], RewardResult]:
+    samples = [
+        Sample(p, s, [7] * (1 + s + p % 3), [-0.5] * (1 + s + p % 3), f"r{p}.{s}", truncated=(p, s) in truncated)
+        for p in prompt_indices for s in range(N)
+    ]
+    total = torch.tensor(scores)
+    return samples, RewardResult(total=total, components={"rule": total.clone()}, gold=total * 2)
+
+
+def test_without_dynamic_sampling_the_first_round_is_the_batch():
+    batch, stats, fillers = pipeline()._assemble([round_of([0, 1], [1.0, 1.0, 0.0, 1.0])], 2)
+    assert batch.exp.prompt_index.tolist() == [0, 0, 1, 1] and fillers == 0
+    assert batch.columns == {"answer": ["0", "0", "1", "1"]}
+    assert batch.exp.policy_versions.tolist() == [3, 3, 3, 3]
+    assert stats["reward/mean"] == 0.75 and stats["reward/gold_mean"] == 1.5
+    assert "rollout/filtered_groups" not in stats
+
+
+def test_dynamic_sampling_takes_informative_groups_from_later_rounds():
+    p = pipeline("algorithm.dynamic_sampling=true")
+    rounds = [round_of([0, 1], [1.0, 1.0, 0.0, 1.0]), round_of([2], [0.5, 0.0])]  # group 0 of round 0 is uniform
+    batch, stats, fillers = p._assemble(rounds, 2)
+    assert batch.exp.prompt_index.tolist() == [1, 1, 2, 2] and fillers == 0
+    assert batch.responses == ["r1.0", "r1.1", "r2.0", "r2.1"]
+    assert batch.exp.scores.tolist() == [0.0, 1.0, 0.5, 0.0]
+    assert stats["rollout/filtered_groups"] == 1.0 and stats["rollout/sampling_rounds"] == 2.0
+
+
+def test_out_of_rounds_the_batch_is_filled_with_uniform_groups_at_zero_advantage():
+    p = pipeline("algorithm.dynamic_sampling=true")
+    rounds = [round_of([0, 1], [1.0, 1.0, 0.0, 1.0]), round_of([2], [0.0, 0.0])]
+    batch, stats, fillers = p._assemble(rounds, 2)
+    assert batch.exp.prompt_index.tolist() == [1, 1, 0, 0] and fillers == 1
+    produced = Produced(0, batch, stats, fillers=fillers)
+    batch.exp.advantages = torch.ones(4, batch.exp.response_ids.shape[1])
+    produced.zero_filler_advantages(N)
+    assert batch.exp.advantages.sum(-1).tolist()[2:] == [0.0, 0.0] and batch.exp.advantages[:2].min() == 1.0
+    assert stats["rollout/filtered_groups"] == 2.0 and stats["rollout/filler_groups"] == 1.0
+
+
+def test_truncated_responses_are_recorded():
+    batch, stats, _ = pipeline()._assemble([round_of([0, 1], [0.0, 1.0, 0.0, 1.0], truncated={(1, 0)})], 2)
+    assert batch.truncated == [False, False, True, False] and stats["rollout/truncated_frac"] == 0.25
+
+
+def test_batches_produced_ahead_survive_a_checkpoint_exactly(tmp_path):
+    p = pipeline()
+    batch, stats, _ = p._assemble([round_of([3, 1], [0.0, 1.0, 0.25, 1.0], truncated={(3, 1)})], 2)
+    batch.exp.ref_logprobs = -torch.rand(batch.exp.response_ids.shape)
+    p.ready[7] = Produced(7, batch, stats, {"generate": 0.5})
+    p.save_ready(tmp_path)
+    again = pipeline()
+    again.load_ready(tmp_path)
+    loaded = again.ready[7]
+    for name in batch.exp._tensor_fields():
+        a, b = getattr(batch.exp, name), getattr(loaded.batch.exp, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+    assert loaded.batch.exp.reward_components.keys() == {"rule"}
+    assert (loaded.batch.prompts, loaded.batch.responses, loaded.batch.columns, loaded.batch.truncated) == (
+        batch.prompts, batch.responses, batch.columns, batch.truncated)
+    assert loaded.stats == stats and loaded.timings == {"generate": 0.5}
