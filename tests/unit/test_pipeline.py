@@ -1,6 +1,8 @@
 """RolloutPipeline's pure parts: assembling a step's batch from sampling rounds (dynamic sampling,
 overlong handling), and the batches produced ahead surviving a checkpoint round trip exactly."""
 
+from types import SimpleNamespace
+
 import torch
 
 from rlhf_dist.config import load_config
@@ -80,3 +82,34 @@ def test_batches_produced_ahead_survive_a_checkpoint_exactly(tmp_path):
     assert (loaded.batch.prompts, loaded.batch.responses, loaded.batch.columns, loaded.batch.truncated) == (
         batch.prompts, batch.responses, batch.columns, batch.truncated)
     assert loaded.stats == stats and loaded.timings == {"generate": 0.5}
+
+
+def produce_with(p: RolloutPipeline, rounds: list) -> Produced:
+    """`produce` with the remote calls replaced by the given rounds (the logic under test is local)."""
+    queue = rounds  # consumed: what is left was never sampled
+    p.sampler = SimpleNamespace(next_batch=lambda n: list(range(n)))
+    p._generate = lambda step, round_, indices: queue[0][0]
+    p._score = lambda samples: queue.pop(0)[1]
+    p._reference = lambda exp: torch.zeros(exp.response_ids.shape)
+    return p.produce(0, lambda work: work())
+
+
+def test_overlong_penalty_shapes_scores_and_mask_drops_truncated_sequences_from_the_loss():
+    rounds = [round_of([0, 1], [1.0, 1.0, 1.0, 1.0], truncated={(0, 1)})]  # lengths 1, 2, 2, 3 tokens
+    shaped = produce_with(pipeline("algorithm.overlong=penalty", "algorithm.overlong_buffer=2",
+                                   "algorithm.overlong_penalty=0.5", "rollout.sampling.max_new_tokens=3"), rounds)
+    # Lengths 1 2 2 3 against max 3 with a 2-token buffer: 0, -0.25, -0.25, -0.5.
+    assert shaped.batch.exp.scores.tolist() == [1.0, 0.75, 0.75, 0.5]
+    assert shaped.stats["reward/mean"] == 1.0  # logged raw, before the penalty
+    rounds = [round_of([0, 1], [1.0, 0.0, 1.0, 1.0], truncated={(0, 1)})]
+    masked = produce_with(pipeline("algorithm.overlong=mask"), rounds)
+    assert masked.batch.exp.trainable.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert masked.batch.exp.loss_mask[1].sum() == 0 and masked.batch.exp.response_mask[1].sum() == 2
+
+
+def test_dynamic_sampling_stops_sampling_once_the_batch_is_informative():
+    p = pipeline("algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=3")
+    rounds = [round_of([0, 1], [1.0, 1.0, 0.0, 1.0]), round_of([2], [0.0, 1.0]), round_of([3], [0.0, 1.0])]
+    produced = produce_with(p, rounds)
+    assert produced.stats["rollout/sampling_rounds"] == 2.0 and len(rounds) == 1  # round 3 never sampled
+    assert produced.batch.exp.prompt_index.tolist() == [1, 1, 2, 2]
