@@ -4,6 +4,10 @@
 
 (eval, on the held-out prompts, at step 0, every ``eval.every`` steps and after the last step.)
 
+generate, score and reference make the step's batch (`rlhf_dist.pipeline`): now, on-policy, or
+with ``rollout.async_steps = k`` in a background thread during the k steps before, at most k
+policy versions behind; the learner then adds its own (proximal) log-probs before the values.
+
 It works on actor handles that `launch` creates (any objects with the same remote methods), moves
 `Experience` batches between them, and keeps the generators' weights equal to the learner's
 through a `WeightSync`. Calling actors (`gather`, the errors) lives in `rlhf_dist.remote`; what a
