@@ -88,14 +88,35 @@ class SkippingAdamW(torch.optim.AdamW):
 
 
 def with_lora(model: torch.nn.Module, lora, task_type: str) -> torch.nn.Module:
-    """Wrap ``model`` with peft LoRA adapters (``lora`` is a LoraConfig section)."""
+    """Wrap ``model`` with peft LoRA adapters (``lora`` is a LoraConfig section) on `lora_targets`."""
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type=task_type,
+        target_modules=lora_targets(model, lora, task_type), task_type=task_type,
     )
     return get_peft_model(model, peft_config)
+
+
+def lora_targets(model: torch.nn.Module, lora, task_type: str) -> list[str] | str:
+    """``lora.target_modules``, plus a causal LM's output head when ``lora.adapt_head``.
+
+    peft's all-linear leaves the head out. On a random-init model that head gives near-uniform
+    logits, and behind the final RMSNorm (fixed hidden norm) the body alone can raise a token's
+    probability only a little: on the default tiny model to 4% at most, entropy >= 6.13 of ln 512
+    = 6.24. A head tied to the input embeddings is left alone: a merged export could not keep a
+    head delta apart from the embeddings it shares its weight with.
+    """
+    head = model.get_output_embeddings() if task_type == "CAUSAL_LM" else None
+    inputs = model.get_input_embeddings()
+    if not lora.adapt_head or head is None or (inputs is not None and head.weight is inputs.weight):
+        return lora.target_modules
+    head_name = next(name for name, module in model.named_modules() if module is head)
+    if lora.target_modules == "all-linear":
+        names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    else:
+        names = set(lora.target_modules)
+    return sorted(names | {head_name})
 
 
 @dataclass
@@ -154,6 +175,36 @@ def weight_entries(model: torch.nn.Module) -> list[WeightEntry]:
         if id(param) not in covered:
             entries.append(WeightEntry(_hf_name(name), [param], lambda p=param: p.data))
     return entries
+
+
+def adapter_entries(model: torch.nn.Module) -> list[WeightEntry]:
+    """A peft model's LoRA factors under peft's saved names (``...q_proj.lora_A.weight``): what
+    adapter-only sync sends. Raises if anything else trains (it would not reach the generators)."""
+    from peft.tuners.lora import LoraLayer
+
+    entries: list[WeightEntry] = []
+    covered: set[int] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        adapter = module.active_adapters[0]
+        for factor in ("lora_A", "lora_B"):
+            param = getattr(module, factor)[adapter].weight
+            entries.append(WeightEntry(f"{module_name}.{factor}.weight", [param], lambda p=param: p.data))
+            covered.add(id(param))
+    stray = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+    if stray:
+        raise ValueError(f"adapter-only sync would leave trained parameters behind: {stray[:4]}")
+    return entries
+
+
+def adapter_spec(model: torch.nn.Module):
+    """The `AdapterSpec` of a peft model's active LoRA adapter, for the generators to rebuild it."""
+    from rlhf_dist.adapters import AdapterSpec
+
+    config = model.peft_config[model.active_adapter]
+    targets = config.target_modules
+    return AdapterSpec(config.r, float(config.lora_alpha), (targets,) if isinstance(targets, str) else tuple(sorted(targets)))
 
 
 @contextlib.contextmanager

@@ -165,7 +165,8 @@ class ReferenceConfig(Section):
 
 
 class LoraConfig(Section):
-    """LoRA adapters (peft), built in rlhf_dist/distributed.py ``with_lora``."""
+    """LoRA adapters (peft), built in rlhf_dist/distributed.py ``with_lora``. With LoRA on, weight sync
+    sends only the adapter tensors; vLLM serves them as a LoRA adapter, the hf engine through peft."""
 
     enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
     r: int = Field(8, ge=1, description="rank of each adapter")
@@ -173,6 +174,12 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on each adapter's input")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="modules that get adapters: a list of module names, or all-linear"
+    )
+    adapt_head: bool = Field(
+        True,
+        description="also put an adapter on a causal LM's output head (lm_head), which all-linear leaves out: "
+        "behind the final norm the body alone cannot sharpen near-uniform logits (README: LoRA). "
+        "Skipped when the head is tied to the input embeddings",
     )
 
 
