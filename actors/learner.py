@@ -9,7 +9,7 @@ from actors.common import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
 from rlhf_dist.learner import Learner as LearnerCore
-from rlhf_dist.weight_sync import Bucket, free_port, node_ip
+from rlhf_dist.weight_sync import Bucket, WeightLayout, free_port, node_ip
 
 
 @ray.remote
@@ -46,8 +46,8 @@ class Learner(ComputeClock):
         self.core.load_checkpoint(ckpt_dir)
         return True
 
-    def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
-        return self.core.weight_buckets(bucket_bytes)
+    def weight_layout(self, bucket_bytes: int) -> WeightLayout:
+        return self.core.weight_layout(bucket_bytes)
 
     def sync_backend(self) -> str:
         """The weight-sync backend every member must use: this world's (nccl on GPU, gloo on CPU)."""

@@ -8,7 +8,7 @@ from actors.common import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout import Request, Sample, make_engine
-from rlhf_dist.weight_sync import Bucket
+from rlhf_dist.weight_sync import SyncReceipt, WeightLayout
 
 
 @ray.remote
@@ -37,10 +37,10 @@ class RolloutWorker(ComputeClock):
         return True
 
     @computing
-    def receive_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:
-        """Receive and load a sync; returns the checksums received and the probe log-probs after loading."""
-        sums = self.engine.receive_weights(buckets)
-        return sums, self.engine.probe_logprobs(probe_ids)
+    def receive_weights(self, layout: WeightLayout, probe_ids: list[int]) -> SyncReceipt:
+        """Receive and load a sync; returns what arrived and the probe log-probs after loading."""
+        sums, nbytes = self.engine.receive_weights(layout)
+        return SyncReceipt(sums, nbytes, self.engine.probe_logprobs(probe_ids))
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.engine.probe_logprobs(token_ids)

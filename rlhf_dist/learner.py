@@ -20,11 +20,13 @@ from rlhf_dist.algorithms import (
 from rlhf_dist.batching import MicroBatch, MicroBatchStats, padded_positions, plan_micro_batches
 from rlhf_dist.config import RunConfig
 from rlhf_dist.critic import CriticModel
-from rlhf_dist.distributed import build_engine, full_state_dict, gathered, init_learner_world, weight_entries, with_lora
+from rlhf_dist.distributed import (
+    adapter_entries, adapter_spec, build_engine, full_state_dict, gathered, init_learner_world, weight_entries, with_lora,
+)
 from rlhf_dist.experience import Experience
 from rlhf_dist.models import disable_dropout, enable_gradient_checkpointing, load_causal_lm, response_logprobs
 from rlhf_dist.schedule import rl_optimizer_steps, schedule_from_config
-from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, plan_buckets
+from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, WeightLayout, plan_buckets
 
 
 class Learner:
@@ -306,9 +308,16 @@ class Learner:
 
     # -- weights out ----------------------------------------------------------------------------
 
-    def weight_buckets(self, bucket_bytes: int) -> list[Bucket]:
-        metas = [TensorMeta(e.name, e.shape, e.dtype) for e in weight_entries(self.policy.module)]
-        return plan_buckets(metas, bucket_bytes)
+    def weight_layout(self, bucket_bytes: int) -> WeightLayout:
+        """What each sync sends: the policy's weights, or with LoRA only its adapter (the
+        generators keep the base weights, which LoRA never changes)."""
+        metas = [TensorMeta(e.name, e.shape, e.dtype) for e in self._sync_entries()]
+        adapter = adapter_spec(self.policy.module) if self.cfg.learner.lora.enabled else None
+        return WeightLayout(tuple(plan_buckets(metas, bucket_bytes)), adapter)
+
+    def _sync_entries(self):
+        module = self.policy.module
+        return adapter_entries(module) if self.cfg.learner.lora.enabled else weight_entries(module)
 
     def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
         """Rank 0 joins the sync group as its rank 0; other ranks have nothing to join."""
@@ -325,7 +334,7 @@ class Learner:
         Returns the checksums sent (rank 0; [] elsewhere) and the policy's log-probs on the probe,
         which the driver compares with each generator's after it loaded the weights.
         """
-        by_name = {e.name: e for e in weight_entries(self.policy.module)}
+        by_name = {e.name: e for e in self._sync_entries()}
         sums = []
         for bucket in buckets:
             entries = [by_name[m.name] for m in bucket.tensors]

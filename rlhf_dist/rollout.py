@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_dist.config.schema import RunConfig, SamplingConfig
-from rlhf_dist.weight_sync import Bucket, SyncGroup, WeightSyncError
+from rlhf_dist.adapters import AdapterVersions, load_into_peft, vllm_max_lora_rank
+from rlhf_dist.weight_sync import SyncGroup, WeightLayout, WeightSyncError
 
 
 @dataclass
@@ -45,7 +46,11 @@ def request_seed(run_seed: int, step: int, prompt_index: int, sample_index: int,
 
 
 class VLLMEngine:
-    """vLLM's offline `LLM`, with a worker extension that receives weights over the sync group."""
+    """vLLM's offline `LLM`, with a worker extension that receives weights over the sync group.
+
+    With LoRA on, the engine serves the base model plus the latest adapter (``lora_request``);
+    before the first sync the adapter is zero, which is the base model itself.
+    """
 
     def __init__(self, model_path: str, cfg: RunConfig, seed: int):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
@@ -59,6 +64,12 @@ class VLLMEngine:
         self.sleep_mode = cfg.placement.colocate and torch.cuda.is_available()
         self.asleep = False
         tp = cfg.rollout.tensor_parallel_size
+        self.lora_request = None
+        lora_args = {}
+        if cfg.learner.lora.enabled:  # adapter-only sync: every version arrives as an adapter
+            self.adapters = AdapterVersions()
+            # One adapter serves at a time; the CPU cache holds the new one beside the old until eviction.
+            lora_args = dict(enable_lora=True, max_lora_rank=vllm_max_lora_rank(cfg.learner.lora.r), max_loras=1, max_cpu_loras=2)
         self.llm = LLM(
             model=model_path,
             tokenizer=cfg.model.tokenizer or model_path,
@@ -75,6 +86,7 @@ class VLLMEngine:
             # The actor holds its engine's GPUs in one placement bundle (rlhf_dist/placement.py):
             # tensor-parallel ranks are local processes, not Ray actors of their own.
             **({"distributed_executor_backend": "mp"} if tp > 1 else {}),
+            **lora_args,
         )
 
     def sleep(self) -> None:
@@ -116,7 +128,7 @@ class VLLMEngine:
             for r in requests
         ]
         outputs = self.llm.generate(
-            [{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False
+            [{"prompt_token_ids": r.prompt_ids} for r in requests], params, use_tqdm=False, lora_request=self.lora_request
         )
         samples = []
         for request, output in zip(requests, outputs):
@@ -132,11 +144,30 @@ class VLLMEngine:
             "init_weight_sync", args=(host, port, rank_offset, world_size, backend, generation)
         )
 
-    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
-        sums = self.llm.collective_rpc("receive_weights", args=(buckets,))[0]
+    def receive_weights(self, layout: WeightLayout) -> tuple[list[int], int]:
+        """Receive and load a sync; returns the checksums and the bytes received."""
+        if layout.adapter is None:
+            sums, nbytes = self.llm.collective_rpc("receive_weights", args=(layout,))[0]
+        else:
+            sums, nbytes = self._receive_adapter(layout)
         # Cached prefixes hold KV computed with the old weights.
         self.llm.reset_prefix_cache()
-        return sums
+        return sums, nbytes
+
+    def _receive_adapter(self, layout: WeightLayout) -> tuple[list[int], int]:
+        """The worker writes the adapter to a directory of its own; registered under a new id, it
+        replaces the previous version, which is evicted and deleted."""
+        from vllm.lora.request import LoRARequest
+
+        lora_id, path = self.adapters.next()
+        sums, nbytes = self.llm.collective_rpc("receive_weights", args=(layout, str(path)))[0]
+        request = LoRARequest(f"policy-{lora_id}", lora_id, str(path))
+        self.llm.llm_engine.add_lora(request)  # loaded now: a bad adapter fails the sync, not a later generate
+        previous, self.lora_request = self.lora_request, request
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            self.adapters.drop(previous.lora_path)
+        return sums, nbytes
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-probs (temperature 1) of tokens 1.. of ``token_ids`` given their prefixes."""
@@ -146,12 +177,16 @@ class VLLMEngine:
             [{"prompt_token_ids": token_ids}],
             SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
             use_tqdm=False,
+            lora_request=self.lora_request,
         )[0]
         return [step[token].logprob for step, token in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
 
 class HFEngine:
-    """Sampling with a transformers model: a plain loop with a KV cache and per-request seeds."""
+    """Sampling with a transformers model: a plain loop with a KV cache and per-request seeds.
+
+    With LoRA on, the first adapter sync wraps the model with peft; every sync loads into it.
+    """
 
     def __init__(self, model_path: str, cfg: RunConfig, seed: int):
         from rlhf_dist.models import load_causal_lm, load_tokenizer
@@ -214,14 +249,22 @@ class HFEngine:
         self._sync = SyncGroup(host, port, rank_offset, world_size, backend, generation)
 
     @torch.no_grad()
-    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+    def receive_weights(self, layout: WeightLayout) -> tuple[list[int], int]:
+        """Receive and load a sync; returns the checksums and the bytes received."""
         if self._sync is None:
             raise WeightSyncError("receive_weights before init_weight_sync: the sync group is not open")
-        named, sums = self._sync.receive_all(buckets, self.device)
-        params = dict(self.model.named_parameters())
-        for name, tensor in named:
-            params[name].copy_(tensor)
-        return sums
+        named, sums = self._sync.receive_all(layout.buckets, self.device)
+        if layout.adapter is not None:
+            if not hasattr(self.model, "peft_config"):
+                from peft import get_peft_model
+
+                self.model = get_peft_model(self.model, layout.adapter.lora_config()).eval()
+            load_into_peft(self.model, named)
+        else:
+            params = dict(self.model.named_parameters())
+            for name, tensor in named:
+                params[name].copy_(tensor)
+        return sums, sum(t.nbytes for _, t in named)
 
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:

@@ -11,6 +11,9 @@ what it sent, each generator of what it received) and the driver compares them: 
 verified only if every generator's list equals the learner's, and the generators' logprobs on a
 probe input then match the learner's. Names are Hugging Face checkpoint names; vLLM fuses some
 weights after loading, so checksums are taken on the buffers, never on vLLM's parameters.
+
+With LoRA on, the `WeightLayout` carries only the adapter tensors and their `AdapterSpec`
+(rlhf_dist/adapters.py): the generators keep their base weights and load each version as an adapter.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from rlhf_dist.adapters import AdapterSpec, write_adapter
 
 # bench/sync_buckets.py (256 MB fp32 model, loopback gloo, checksums included): 1 MB buckets
 # ~260 MB/s, 4-16 MB ~540-850 MB/s, 32 MB ~560, 128 MB ~420-520. 16 MB sits on the plateau and
@@ -67,6 +72,27 @@ class Bucket:
     @property
     def nbytes(self) -> int:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """What one sync sends, planned once: the buckets, and the adapter they form with LoRA on."""
+
+    buckets: tuple[Bucket, ...]
+    adapter: AdapterSpec | None = None  # None: full Hugging Face weights; else LoRA factors (peft names)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
+
+
+@dataclass(frozen=True)
+class SyncReceipt:
+    """A generator's account of one sync, checked by the driver against the learner's."""
+
+    checksums: list[int]  # one per bucket, of the buffers as received
+    nbytes: int  # bytes received over the sync group
+    probe_logprobs: list[float]  # after loading, on the driver's probe ids
 
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[Bucket]:
@@ -179,7 +205,7 @@ class SyncGroup:
         return flat, checksum(flat)
 
     def receive_all(
-        self, buckets: list[Bucket], device: str | torch.device = "cpu"
+        self, buckets: tuple[Bucket, ...] | list[Bucket], device: str | torch.device = "cpu"
     ) -> tuple[list[tuple[str, torch.Tensor]], list[int]]:
         """Ranks > 0: receive every bucket; returns (named tensors, checksums)."""
         named: list[tuple[str, torch.Tensor]] = []
@@ -222,8 +248,12 @@ class WeightSync:
         # fp32 engines agree to rounding; half precision reorders sums (CONTRACTS: stated looser).
         self.tolerance = 1e-4 if dtype == "float32" else 2e-2
         self.generation = 0
-        self.buckets: list[Bucket] = []
+        self.layout = WeightLayout(())
         self.transport = "gloo"
+
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        return self.layout.buckets
 
     def open(self, generation: int = 0) -> None:
         """Open the group (learner rank 0 + every generator process) and plan the buckets. A new
@@ -241,7 +271,7 @@ class WeightSync:
             for i, g in enumerate(self.generators)
         ]
         gather(calls, "weight sync setup")
-        self.buckets = gather([self.learners[0].weight_buckets.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
+        self.layout = gather([self.learners[0].weight_layout.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
 
     def reopen(self) -> None:
         self.open(self.generation + 1)
@@ -255,17 +285,17 @@ class WeightSync:
 
         start = time.perf_counter()
         sends = [l.broadcast_weights.remote(self.buckets, self.probe_ids) for l in self.learners]
-        receives = [g.receive_weights.remote(self.buckets, self.probe_ids) for g in self.generators]
+        receives = [g.receive_weights.remote(self.layout, self.probe_ids) for g in self.generators]
         try:
             sent, learner_probe = gather(sends, "learner (weight sync)")[0]
         except ActorFailed:
             gather(receives, "rollout (weight sync)")  # a generator that died surfaces as ActorDied
             raise
-        received = gather(receives, "rollout (weight sync)")
+        received: list[SyncReceipt] = gather(receives, "rollout (weight sync)")
         seconds = time.perf_counter() - start
-        verify_checksums(sent, {f"rollout-{i}": sums for i, (sums, _) in enumerate(received)}, version)
-        probe_diff = verify_probe(learner_probe, [probe for _, probe in received], self.tolerance, version)
-        nbytes = sum(b.nbytes for b in self.buckets)
+        verify_checksums(sent, {f"rollout-{i}": r.checksums for i, r in enumerate(received)}, version)
+        probe_diff = verify_probe(learner_probe, [r.probe_logprobs for r in received], self.tolerance, version)
+        nbytes = max(r.nbytes for r in received)  # every generator receives the same buckets
         return {
             "sync/verified": 1.0,
             "sync/seconds": seconds,
@@ -302,10 +332,20 @@ class VLLMWorkerExtension:
         self._rlhf_sync = SyncGroup(host, port, rank_offset + local_rank, world_size, backend, generation)
         return True
 
-    def receive_weights(self, buckets: list[Bucket]) -> list[int]:
+    def receive_weights(self, layout: WeightLayout, adapter_dir: str | None = None) -> tuple[list[int], int]:
+        """Receive a sync; returns the checksums and the bytes received. Full weights are loaded in
+        place; an adapter is written to ``adapter_dir`` (by the first worker), for the engine to
+        register as a LoRA (`rlhf_dist.rollout.VLLMEngine`)."""
+        import torch.distributed as dist
+
         if getattr(self, "_rlhf_sync", None) is None:
             raise WeightSyncError("receive_weights before init_weight_sync: the sync group is not open")
         device = next(self.model_runner.model.parameters()).device
-        named, sums = self._rlhf_sync.receive_all(buckets, device)
-        self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
-        return sums
+        named, sums = self._rlhf_sync.receive_all(layout.buckets, device)
+        if layout.adapter is None:
+            self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
+        elif adapter_dir is None:
+            raise WeightSyncError("an adapter arrived without a directory to write it to")
+        elif not dist.is_initialized() or dist.get_rank() == 0:
+            write_adapter(adapter_dir, layout.adapter, named)
+        return sums, sum(t.nbytes for _, t in named)
