@@ -5,6 +5,7 @@ no-op, so the memory effect awaits a GPU machine.)"""
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import rlhf_dist.driver as driver_module
 from rlhf_dist.config import load_config
@@ -33,12 +34,12 @@ def fake_driver(overrides, calls, monkeypatch):
     d.timings = {}
     d.evaluator = SimpleNamespace(due=lambda step: False)
     d.state = SimpleNamespace(sampler=SimpleNamespace(next_batch=lambda n: list(range(n)), consumed=0),
-                              kl_ctl=SimpleNamespace(value=0.1, update=lambda *a: None))
+                              kl_ctl=SimpleNamespace(value=0.1, update=lambda *a: None), policy_version=0)
     d.recovering = lambda work: work()
     d.learner_call = lambda work, step: work()
     d.rollouts = RolloutPipeline(d.cfg, d.roles, [], 0, d.state.sampler, version=lambda: 0,
                                  after_generate=lambda: d.set_generators_awake(False))
-    batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4))
+    batch = SimpleNamespace(exp=SimpleNamespace(batch_size=4, policy_versions=torch.zeros(4, dtype=torch.long)))
     d.rollouts._generate = lambda step, round_, indices: calls.append("generate") or []
     d.rollouts._score = lambda samples: calls.append("score")
     d.rollouts._assemble = lambda rounds, groups: (batch, {}, 0)
