@@ -306,3 +306,18 @@ def _describe(nodes: list[NodeResources], free: dict[str, list[float]] | None = 
 
 def _names(groups: list[Group]) -> str:
     return ", ".join(g.name for g in groups) or "nothing"
+
+
+def plan_world(count: int, res: RoleResources, strategy: str, nodes: list[NodeResources]) -> Plan:
+    """The plan of one DeepSpeed world alone, ``count`` ranks of role ``learner`` (a supervised stage):
+    the same bundles, strategies and checks as the RL learners' group."""
+    nodes = sorted(nodes, key=lambda n: (n.name, n.node_id))
+    if not nodes:
+        raise PlacementError("placement impossible: the cluster has no alive nodes")
+    group = Group("learner", ("learner",), strategy, [_bundle(res.num_cpus, res.num_gpus) for _ in range(count)])
+    free = {n.node_id: [n.cpus, n.gpus] for n in nodes}
+    fix = ("lower learner.num_workers, placement.learner.num_gpus or placement.learner.num_cpus, or add "
+           + ("GPU nodes" if res.num_gpus > 0 else "nodes or CPUs"))
+    group.nodes = _place(group, nodes, free, [], fix)
+    slots = [Slot("learner", i, group.name, i, node, res.num_cpus, res.num_gpus) for i, node in enumerate(group.nodes)]
+    return Plan([group], slots, nodes)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlhf_dist.config.schema import MetricSinksConfig, ModelConfig, OptimizerConfig, Section, TrainerConfig
+from rlhf_dist.config.schema import MetricSinksConfig, ModelConfig, OptimizerConfig, RoleResources, Section, TrainerConfig
 
 
 class StageDataConfig(Section):
@@ -52,6 +52,16 @@ class StageLearnerConfig(TrainerConfig):
     optimizer: OptimizerConfig = Field(OptimizerConfig(lr=1e-3), description="AdamW and its learning-rate schedule")
 
 
+class StagePlacementConfig(Section):
+    """Where a stage's ranks run: one bundle per rank, planned like the RL learners' (rlhf_dist/placement.py
+    `plan_world`) and started by the same launcher (launch/roles.py `start_world`)."""
+
+    learner: RoleResources = Field(RoleResources(), description="per rank of the stage's DeepSpeed world")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the ranks' bundles (STRICT_SPREAD: one rank per node)"
+    )
+
+
 class StageConfig(Section):
     """One supervised stage: `rlhf-dist sft`, `rm` or `dpo` (launch/stages.py, rlhf_dist/stages.py)."""
 
@@ -64,6 +74,7 @@ class StageConfig(Section):
     model: ModelConfig = Field(ModelConfig(), description="the model to train; rm puts a score head on it")
     data: StageDataConfig = Field(StageDataConfig(), description="the training rows")
     learner: StageLearnerConfig = Field(StageLearnerConfig(), description="the DeepSpeed trainers")
+    placement: StagePlacementConfig = Field(StagePlacementConfig(), description="resources per rank and where the ranks go")
     beta: float = Field(0.1, gt=0.0, description="dpo: inverse temperature of the implicit reward")
     logging: MetricSinksConfig = Field(MetricSinksConfig(), description="metric sinks besides RUN_DIR/metrics.jsonl")
 
