@@ -11,6 +11,7 @@ import math
 import os
 
 from rlhf_dist.config import RunConfig
+from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.errors import UserError
 from rlhf_dist.placement import NodeResources
 
@@ -73,10 +74,21 @@ def local_nodes(cfg: RunConfig) -> list[NodeResources]:
     """This machine as `rlhf-dist train` would declare it to a local Ray (launch.roles.start_ray)."""
     import torch
 
-    from launch.run import required_cpus
-
     cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))
     return [NodeResources("local", float(cpus), float(torch.cuda.device_count()), "local")]
+
+
+def required_cpus(cfg: RunConfig | StageConfig) -> float:
+    """CPUs that the actors of a run (or of a stage's DeepSpeed world) ask for, all together."""
+    p = cfg.placement
+    if isinstance(cfg, StageConfig):
+        return cfg.learner.num_workers * p.learner.num_cpus
+    return (
+        cfg.rollout.num_workers * p.rollout.num_cpus
+        + cfg.reward.num_workers * p.reward.num_cpus
+        + cfg.reference.num_workers * p.reference.num_cpus
+        + cfg.learner.num_workers * p.learner.num_cpus
+    )
 
 
 def parse_nodes(spec: str) -> list[NodeResources]:

@@ -1,4 +1,5 @@
-"""Starting Ray and building the actor groups of a run from its config."""
+"""Starting Ray, and starting actors where the placement plan puts them: every role of an RL run
+(`build_roles`), and every DeepSpeed world, the RL learners' and a supervised stage's (`start_world`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def start_ray(cfg: RunConfig) -> bool:
 
     Returns True when this call started Ray (so the caller shuts it down).
     """
-    from launch.run import required_cpus
+    from launch.cluster import required_cpus
 
     return start_ray_cpus(required_cpus(cfg))
 
@@ -80,12 +81,17 @@ def _init_ray(**options) -> None:
 def stop_roles(roles: Roles | None, shutdown: bool) -> None:
     """Kill the run's actors (their names free up for the next run) and Ray if we started it."""
     if roles is not None:
-        for actor in roles.all():
-            ray.kill(actor)
-        for group in roles.placement_groups:
-            remove_placement_group(group)
+        release(roles.all(), roles.placement_groups)
     if shutdown:
         ray.shutdown()
+
+
+def release(actors: list[Any], groups: list[PlacementGroup]) -> None:
+    """Kill ``actors`` and remove the placement groups that held them."""
+    for actor in actors:
+        ray.kill(actor)
+    for group in groups:
+        remove_placement_group(group)
 
 
 def _options(name: str, res: RoleResources, restarts: int = 0) -> dict:
@@ -127,6 +133,20 @@ def _slot(plan: Plan, groups: dict[str, PlacementGroup], role: str, index: int) 
     """The scheduling option that starts actor ``role-index`` in its planned bundle."""
     slot = plan.slot(role, index)
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(groups[slot.group], slot.bundle)}
+
+
+def start_world(
+    actor_cls: Any, plan: Plan, groups: dict[str, PlacementGroup], res: RoleResources, name: str = "learner"
+) -> tuple[list[Any], tuple[str, int]]:
+    """Start the ranks of one DeepSpeed world, rank i in the plan's ``learner`` slot i with ``res``,
+    and return them with rank 0's rendezvous address (MASTER_ADDR, MASTER_PORT) for their setup.
+    ``actor_cls(rank)`` must have ``rendezvous_address()``; actors are named ``{name}-{rank}``.
+    A rank is never restarted: a DeepSpeed world cannot take a new rank."""
+    ranks = [
+        actor_cls.options(**_options(f"{name}-{i}", res), **_slot(plan, groups, "learner", i)).remote(i)
+        for i in range(len(plan.role_slots("learner")))
+    ]
+    return ranks, gather([ranks[0].rendezvous_address.remote()], name)[0]
 
 
 def build_roles(cfg: RunConfig, model_path: str) -> tuple[Roles, tuple[str, int]]:
@@ -173,11 +193,7 @@ def _start_actors(
         ).remote(reference_path, cfg)
         for i in range(cfg.reference.num_workers)
     ]
-    learners = [
-        Learner.options(**_options(f"learner-{i}", place.learner), **_slot(plan, groups, "learner", i)).remote(i)
-        for i in range(cfg.learner.num_workers)
-    ]
-    master_addr, master_port = gather([learners[0].rendezvous_address.remote()], "learner")[0]
+    learners, (master_addr, master_port) = start_world(Learner, plan, groups, place.learner)
     critic_path = None
     if cfg.algorithm.name == "ppo" and cfg.learner.critic_init == "reward_model":
         critic_path = next(c.path for c in cfg.reward.components if c.type == "model")

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.cluster import required_cpus  # noqa: F401  (launch/preflight.py reads it here)
 from rlhf_dist.config import RunConfig, dump_config
 from rlhf_dist.config.schema import ModelConfig
 from rlhf_dist.errors import UserError
@@ -193,13 +194,3 @@ def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list]:
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}; add prompts or lower it"
         )
     return train_prompts, eval_prompts
-
-
-def required_cpus(cfg: RunConfig) -> float:
-    p = cfg.placement
-    return (
-        cfg.rollout.num_workers * p.rollout.num_cpus
-        + cfg.reward.num_workers * p.reward.num_cpus
-        + cfg.reference.num_workers * p.reference.num_cpus
-        + cfg.learner.num_workers * p.learner.num_cpus
-    )

@@ -1,37 +1,25 @@
-"""`rlhf-dist sft|rm|dpo`: the supervised stages on DeepSpeed learner actors.
+"""`rlhf-dist sft|rm|dpo`: launching a supervised stage.
 
 Data is read and tokenised here, before any actor starts, so a bad row fails fast with its line
-number. Each epoch shuffles the training examples, shards them over the ranks, trains, then
-evaluates on the held-out split; the model is written in Hugging Face format for the next stage.
+number. The stage's DeepSpeed world is planned on the cluster's nodes and started by the launcher
+that starts the RL learners (launch/roles.py `start_world`); the loop itself is the library's
+(rlhf_dist/supervised.py). The model is written in Hugging Face format for the next stage.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from launch import console
-from rlhf_dist.calibration import expected_calibration_error, fit_temperature
 from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.remote import gather
 from rlhf_dist.errors import UserError
-from rlhf_dist.stage_data import Examples, load_rows, preference_examples, sft_examples
-
-
-@dataclass
-class StageResult:
-    kind: str
-    model_dir: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
+from rlhf_dist.remote import gather
+from rlhf_dist.stage_data import load_rows, preference_examples, sft_examples
+from rlhf_dist.supervised import StageResult, train_stage
 
 
 def run_stage(
@@ -43,8 +31,9 @@ def run_stage(
 ) -> StageResult:
     """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``,
     and ``eval_rows``, when given, is the held-out set (all of ``rows`` then trains)."""
+    from launch.cluster import required_cpus
     from launch.preflight import preflight_stage
-    from launch.roles import start_ray_cpus, stop_roles
+    from launch.roles import release, start_ray_cpus, stop_roles
     from launch.run import prepare_run_dir, resolve_model_path
     from rlhf_dist.metrics import MetricsLogger
     from rlhf_dist.models import load_tokenizer
@@ -69,21 +58,17 @@ def run_stage(
           f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
     result = StageResult(kind, run_dir / "model")
     with console.logs_to(run_dir):
-        started, workers = False, []
+        started, workers, groups = False, [], {}
         try:
-            started = start_ray_cpus(cfg.learner.num_workers * 0.5)
-            workers = _start_workers(kind, cfg, model_path, tokenizer.pad_token_id)
+            started = start_ray_cpus(required_cpus(cfg))
+            workers, groups = start_stage_world(kind, cfg, model_path, tokenizer.pad_token_id)
             with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False,
                                wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json")) as metrics:
-                _train(kind, cfg, workers, examples, metrics, result)
-                gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")
-                if kind == "rm":
-                    _write_normalization(result, workers, examples)
+                train_stage(kind, cfg, workers, examples, metrics, result, tokenizer_path)
         except KeyboardInterrupt:  # SIGINT or SIGTERM: say where it stopped; a stage keeps no checkpoint
             raise console.RunStopped(_stopped_line(kind, cfg, run_dir, result), console.exit_code()) from None
         finally:
-            for w in workers:
-                ray.kill(w)
+            release(workers, list(groups.values()))
             stop_roles(None, started)
     (run_dir / "summary.json").write_text(json.dumps(result.metrics, indent=2))
     return result
@@ -97,123 +82,26 @@ def _stopped_line(kind: str, cfg: StageConfig, run_dir: Path, result: StageResul
             f"with a new --run-dir to start over ({run_dir} keeps what was logged)")
 
 
-def _start_workers(kind: str, cfg: StageConfig, model_path: str, pad_id: int) -> list[Any]:
+def start_stage_world(kind: str, cfg: StageConfig, model_path: str, pad_id: int) -> tuple[list[Any], dict[str, Any]]:
+    """Plan the stage's ranks on the live cluster (`PlacementError` before any actor starts when
+    it cannot hold them), reserve their bundles, start and set up every rank; returns the ranks
+    and their placement groups (for `release`)."""
     from actors.stage import StageWorker
+    from launch.cluster import live_nodes
+    from launch.roles import release, reserve, start_world
+    from rlhf_dist.placement import plan_world
 
     n = cfg.learner.num_workers
     started = time.perf_counter()
-    workers = []
-    for i in range(n):
-        env = console.actor_runtime_env(f"{kind}-learner-{i}")  # its output to RUN_DIR/logs/
-        options = {"name": f"{kind}-learner-{i}", "num_cpus": 0.5} | ({"runtime_env": env} if env else {})
-        workers.append(StageWorker.options(**options).remote(i))
-    addr, port = gather([workers[0].rendezvous_address.remote()], kind)[0]
-    gather([w.setup.remote(kind, cfg, model_path, pad_id, n, addr, port) for w in workers], f"{kind} learner")
+    plan = plan_world(n, cfg.placement.learner, cfg.placement.strategy, live_nodes())
+    groups = reserve(plan)
+    workers: list[Any] = []
+    try:
+        workers, (addr, port) = start_world(StageWorker, plan, groups, cfg.placement.learner, name=f"{kind}-learner")
+        gather([w.setup.remote(kind, cfg, model_path, pad_id, n, addr, port) for w in workers], f"{kind} learner")
+    except BaseException:
+        release(workers, list(groups.values()))
+        raise
     console.done(f"{kind} learners ready: ZeRO-{cfg.learner.zero_stage}, {n} rank{'s' * (n > 1)}",
                  time.perf_counter() - started)
-    return workers
-
-
-def _shards(items: list[Any], n: int) -> list[list[Any]]:
-    return [items[r::n] for r in range(n)]
-
-
-def _sum(parts: list[dict[str, Any]]) -> dict[str, float]:
-    keys = {k for p in parts for k, v in p.items() if not isinstance(v, list)}
-    return {k: sum(p.get(k, 0.0) for p in parts) for k in keys}
-
-
-def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, metrics, result: StageResult) -> None:
-    """Evaluate, then train and evaluate each epoch; ``result.history`` grows by one record per
-    evaluation (the start, then each epoch), so an interrupted stage can say where it was."""
-    n = len(workers)
-    ref_train = ref_eval = None
-    if kind == "dpo":
-        ref_train = _reference(workers, examples.train)
-        ref_eval = _reference(workers, examples.eval)
-    record = _evaluate(kind, workers, examples, ref_eval)
-    metrics.log(0, record)
-    result.history.append(record)
-    result.metrics.update({f"{k}_start": v for k, v in record.items()})
-    rng = random.Random(cfg.seed)
-    for epoch in range(1, cfg.epochs + 1):
-        order = list(range(len(examples.train)))
-        rng.shuffle(order)
-        shards = _shards(order, n)
-        calls = [
-            w.train_epoch.remote([examples.train[i] for i in s], [ref_train[i] for i in s] if ref_train else None)
-            for w, s in zip(workers, shards)
-        ]
-        sums = _sum(gather(calls, f"{kind} learner"))
-        record = {f"{kind}/train_loss": _per(sums, "nll_sum" if kind == "sft" else "loss_sum")}
-        if kind != "sft":
-            record[f"{kind}/train_accuracy"] = _per(sums, "correct")
-        record.update(_evaluate(kind, workers, examples, ref_eval))
-        metrics.log(epoch, record)
-        result.history.append(record)
-        print(f"{kind} epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-    result.metrics.update(result.history[-1])
-
-
-def _per(sums: dict[str, float], key: str) -> float:
-    return sums.get(key, 0.0) / max(sums.get("count", 0.0), 1.0)
-
-
-def _reference(workers: list[Any], pairs: list) -> list[tuple[float, float]]:
-    shards = _shards(list(range(len(pairs))), len(workers))
-    parts = gather([w.reference_logprobs.remote([pairs[i] for i in s]) for w, s in zip(workers, shards)], "dpo reference")
-    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
-    for s, values in zip(shards, parts):
-        for i, v in zip(s, values):
-            out[i] = v
-    return out
-
-
-def _evaluate(kind: str, workers: list[Any], examples: Examples, ref_eval) -> dict[str, float]:
-    if not examples.eval:
-        return {}
-    shards = _shards(list(range(len(examples.eval))), len(workers))
-    calls = [
-        w.evaluate.remote([examples.eval[i] for i in s], [ref_eval[i] for i in s] if ref_eval else None)
-        for w, s in zip(workers, shards)
-    ]
-    parts = gather(calls, f"{kind} evaluation")
-    sums = _sum(parts)
-    if kind == "sft":
-        return {"sft/eval_loss": _per(sums, "nll_sum")}
-    record = {f"{kind}/eval_accuracy": _per(sums, "correct"), f"{kind}/eval_margin": _per(sums, "margin_sum")}
-    if kind == "dpo":
-        # Mean log(pi / pi_ref) of the held-out responses: how far the policy moved on them.
-        record["dpo/eval_logratio"] = _per(sums, "logratio_sum")
-        record["dpo/gold_preferred_rate"] = _per(sums, "policy_prefers_chosen")
-    if kind == "rm":
-        record.update(_calibrate([m for p in parts for m in p["margins"]]))
-    return record
-
-
-def _calibrate(margins: list[float]) -> dict[str, float]:
-    """Fit T on one half of the held-out pairs and measure ECE on the other (CONTRACTS)."""
-    import torch
-
-    if len(margins) < 4:
-        return {}
-    values = torch.tensor(margins)
-    fit_half, measure_half = values[0::2], values[1::2]
-    temperature = fit_temperature(fit_half)
-    return {
-        "rm/temperature": temperature,
-        "rm/ece_before": expected_calibration_error(measure_half),
-        "rm/ece_after": expected_calibration_error(measure_half, temperature),
-    }
-
-
-def _write_normalization(result: StageResult, workers: list[Any], examples: Examples) -> None:
-    """Save mean/std of the RM's scores on a reference set (training pairs) beside the model."""
-    reference = examples.train[:512]
-    shards = _shards(reference, len(workers))
-    scores = [s for part in gather([w.score_responses.remote(sh) for w, sh in zip(workers, shards)], "rm") for s in part]
-    mean = sum(scores) / len(scores)
-    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) or 1.0
-    stats = {"mean": mean, "std": std, "temperature": result.metrics.get("rm/temperature", 1.0), "num_scores": len(scores)}
-    (result.model_dir / "reward_normalization.json").write_text(json.dumps(stats, indent=2))
-    result.metrics.update({"rm/score_mean": mean, "rm/score_std": std})
+    return workers, groups
