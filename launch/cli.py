@@ -173,19 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--nodes", default=None, metavar="NAME:CPUS:GPUS,...", help="plan for nodes written out, e.g. head:8:0,gpu1:32:8")
     plan.set_defaults(handler=_plan)
 
-    submit = commands.add_parser("submit", help="submit a training run to a Ray cluster as a Ray job")
-    submit.add_argument(
-        "items", nargs="*", metavar="[CONFIG] [key=value ...]",
-        help="the training config, as for train (checked here before the cluster sees it), then dotted overrides",
-    )
-    _address_args(submit)
-    submit.add_argument("--python", default="python", help="interpreter on the cluster (default: python)")
-    submit.set_defaults(handler=_submit)
-    for name, text in (("status", "a submitted job's status"), ("logs", "a submitted job's logs"), ("stop", "stop a submitted job")):
-        job = commands.add_parser(name, help=text)
-        job.add_argument("job_id", help="the id `rlhf-dist submit` printed (raysubmit_...)")
-        _address_args(job)
-        job.set_defaults(handler=_job, action=name)
+    from launch.submit_cli import add_job_parsers
+
+    add_job_parsers(commands, _address_args)  # submit KIND, status, logs, stop
 
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"
@@ -308,19 +298,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
-    from launch.jobs import submit
-    from rlhf_dist.config import load_config
-
-    path, overrides = split_config_args(args.items)
-    cfg = load_config(path, overrides)  # bad input fails here, before the cluster sees it
-    job_id = submit(cfg, args.address, args.token, args.python)
-    print(f"submitted job: {job_id}")
-    print(f"dashboard: {args.address.rstrip('/')}/#/jobs/{job_id}")
-    print(f"follow it: rlhf-dist logs {job_id} --address {args.address}")
-    return 0
-
-
 def _plan(args: argparse.Namespace) -> int:
     from launch import cluster
     from rlhf_dist.config import load_config
@@ -340,18 +317,6 @@ def _plan(args: argparse.Namespace) -> int:
         warn_local_plan(cfg)
         nodes, where = cluster.local_nodes(cfg), "this machine (a local Ray)"
     print(f"placement for {where}:\n{plan_placement(cfg, nodes).table()}")
-    return 0
-
-
-def _job(args: argparse.Namespace) -> int:
-    from launch import jobs
-
-    if args.action == "status":
-        print(jobs.status(args.job_id, args.address, args.token))
-    elif args.action == "logs":
-        print(jobs.logs(args.job_id, args.address, args.token), end="")
-    else:
-        print("stopped" if jobs.stop(args.job_id, args.address, args.token) else "not running")
     return 0
 
 

@@ -1,9 +1,16 @@
 """Submitting runs to a Ray cluster through the Ray Jobs API, and following them.
 
-`rlhf-dist submit` validates the config and what else it can here (launch/preflight.py), before
-anything reaches the cluster, and ships the project directory as the job's working_dir with the
-resolved YAML in an environment variable; the job runs `python -m launch train
-env:RLHF_DIST_CONFIG_YAML`, which joins the cluster through RAY_ADDRESS.
+`rlhf-dist submit train|sft|rm|dpo|demo` validates the config and what else it can here
+(launch/preflight.py), before anything reaches the cluster, and ships the project directory as the
+job's working_dir with the resolved YAML in an environment variable; the job runs `python -m launch
+KIND env:RLHF_DIST_CONFIG_YAML --run-dir RUN_DIR` (the demo takes no config), which joins the
+cluster through RAY_ADDRESS.
+
+Where the run writes: `--run-dir` (absolute), else `--storage ROOT`/NAME-TIME, else the cluster's
+``$RLHF_DIST_STORAGE``/NAME-TIME (cluster.yaml sets it to its shared mount), else runs/NAME-TIME in
+the job's working directory, which suits a one-node cluster only (a multi-node run refuses it,
+launch/storage.py). The job prints the resolved run dir as its first log line; the job's metadata
+keeps it (or the expression the cluster resolves) for `status` and `logs`.
 """
 
 from __future__ import annotations
@@ -11,14 +18,73 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-from rlhf_dist.config import RunConfig, dump_config
+from launch.storage import STORAGE_ENV
+from rlhf_dist.config import dump_config
 from rlhf_dist.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_ENV = "RLHF_DIST_CONFIG_YAML"
 EXCLUDES = [".venv", ".git", "runs", "tests", "**/__pycache__", "*.egg-info"]
+KINDS = ("train", "sft", "rm", "dpo", "demo")
+RUN_DIR_LINE = "rlhf-dist run dir: "  # the job's first log line; `status` reads the resolved dir from it
+CLUSTER_DEFAULT = f"${{{STORAGE_ENV}:-$PWD/runs}}"  # resolved by the job's shell on the cluster
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What `submit` hands to the Jobs API for one run."""
+
+    kind: str  # train | sft | rm | dpo | demo
+    name: str  # the run's name: NAME-TIME is its directory, and the job's metadata keeps it
+    run_dir: str  # absolute, or CLUSTER_DEFAULT/NAME-TIME for the cluster's shell to resolve
+    entrypoint: str  # a POSIX shell line: set RUN_DIR, print it, exec the command
+    env_vars: dict[str, str]  # the resolved config travels here (CONFIG_ENV); empty for the demo
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"rlhf_dist_run": self.name, "rlhf_dist_kind": self.kind, "rlhf_dist_run_dir": self.run_dir}
+
+
+def choose_run_dir(name: str, run_dir: str | None = None, storage: str | None = None) -> str:
+    """The run dir of a submitted job (see the module docstring). Paths are the cluster's, so they are
+    checked as POSIX paths, not against this machine's disks."""
+    if run_dir and storage:
+        raise UserError("give --run-dir (the run's own directory) or --storage (a root for NAME-TIME), not both")
+    for flag, value in (("--run-dir", run_dir), ("--storage", storage)):
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise UserError(
+                f"{flag} {value!r} is relative; a submitted job would resolve it inside its temporary copy of the "
+                f"project on one node. Give an absolute path on the cluster's shared storage, e.g. "
+                f"{flag} /mnt/shared/rlhf-dist{'/' + name if flag == '--run-dir' else ''}"
+            )
+    if run_dir:
+        return run_dir
+    leaf = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{storage.rstrip('/') or '/'}/{leaf}" if storage else f"{CLUSTER_DEFAULT}/{leaf}"
+
+
+def job_spec(kind: str, cfg=None, *, run_dir: str | None = None, storage: str | None = None, python: str = "python",
+             recipe: str = "preference", small: bool = False, seed: int = 0) -> JobSpec:
+    """The job for ``rlhf-dist submit KIND``: ``cfg`` is a RunConfig (train) or StageConfig (sft, rm,
+    dpo); the demo takes ``recipe``, ``small`` and ``seed`` instead."""
+    if kind not in KINDS:
+        raise UserError(f"cannot submit {kind!r}; submit one of: {', '.join(KINDS)}")
+    if kind == "demo":
+        name, env_vars = f"demo-{recipe}", {}
+        args = [recipe, *(["--small"] * small), *(["--seed", str(seed)] if seed else [])]
+    else:
+        name, env_vars = (cfg.name or kind), {CONFIG_ENV: dump_config(cfg)}
+        args = [f"env:{CONFIG_ENV}", *(["--no-progress"] if kind == "train" else [])]
+    where = choose_run_dir(name, run_dir, storage)
+    # The run dir is quoted for the shell except the cluster's default root, which the shell must expand.
+    value = (f'"{CLUSTER_DEFAULT}"/{shlex.quote(where[len(CLUSTER_DEFAULT) + 1:])}'
+             if where.startswith(CLUSTER_DEFAULT) else shlex.quote(where))
+    command = " ".join([shlex.quote(python), "-m", "launch", kind, *map(shlex.quote, args), '--run-dir "$RUN_DIR"'])
+    entrypoint = f'RUN_DIR={value}; echo "{RUN_DIR_LINE}$RUN_DIR"; exec {command}'
+    return JobSpec(kind, name, where, entrypoint, env_vars)
 
 
 def job_client(address: str, token: str | None = None):
@@ -49,24 +115,27 @@ def _token_file() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def submit(cfg: RunConfig, address: str, token: str | None = None, python: str = "python") -> str:
+def submit(spec: JobSpec, cfg, address: str, token: str | None = None) -> str:
+    """Check what can be checked here, then submit ``spec``; returns the job id."""
     from launch.preflight import preflight_submit
 
-    preflight_submit(cfg, PROJECT_DIR, [e for e in EXCLUDES if "*" not in e])  # before the cluster sees it
+    if cfg is not None:  # before the cluster sees it
+        preflight_submit(cfg, PROJECT_DIR, [e for e in EXCLUDES if "*" not in e])
     client = job_client(address, token)
-    # The resolved config travels as an environment variable of the job: `train env:VAR` reads it.
-    run_dir = f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    entrypoint = f"{python} -m launch train env:{CONFIG_ENV} --run-dir {shlex.quote(run_dir)} --no-progress"
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={
-            "working_dir": str(PROJECT_DIR),
-            "excludes": EXCLUDES,
-            "env_vars": {CONFIG_ENV: dump_config(cfg)},
-        },
-        metadata={"rlhf_dist_run": cfg.name},
+    return client.submit_job(
+        entrypoint=spec.entrypoint,
+        runtime_env={"working_dir": str(PROJECT_DIR), "excludes": EXCLUDES, "env_vars": spec.env_vars},
+        metadata=spec.metadata,
     )
-    return job_id
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A submitted job as `status` reports it."""
+
+    status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED
+    run: str | None  # the run's name (None for a job not submitted by rlhf-dist)
+    run_dir: str | None  # where it writes on the cluster, as resolved by the job once it started
 
 
 def _ask(job_id: str, address: str, token: str | None, call: str):
@@ -79,12 +148,36 @@ def _ask(job_id: str, address: str, token: str | None, call: str):
         raise
 
 
-def status(job_id: str, address: str, token: str | None = None) -> str:
-    return str(_ask(job_id, address, token, "get_job_status").value)
+def status(job_id: str, address: str, token: str | None = None) -> JobState:
+    info = _ask(job_id, address, token, "get_job_info")
+    meta = info.metadata or {}
+    run_dir = meta.get("rlhf_dist_run_dir")
+    if run_dir and not run_dir.startswith("/"):  # the cluster's default: the job printed what it became
+        run_dir = run_dir_from_logs(_ask(job_id, address, token, "get_job_logs")) or describe_run_dir(run_dir)
+    return JobState(str(info.status.value), meta.get("rlhf_dist_run"), run_dir)
 
 
-def logs(job_id: str, address: str, token: str | None = None) -> str:
-    return _ask(job_id, address, token, "get_job_logs")
+def logs(job_id: str, address: str, token: str | None = None) -> tuple[str, str | None]:
+    """The job's logs, and its run dir (from the logs, else the job's metadata)."""
+    text = _ask(job_id, address, token, "get_job_logs")
+    meta = _ask(job_id, address, token, "get_job_info").metadata or {}
+    recorded = meta.get("rlhf_dist_run_dir")
+    return text, run_dir_from_logs(text) or (recorded and describe_run_dir(recorded))
+
+
+def run_dir_from_logs(text: str) -> str | None:
+    for line in text.splitlines()[:20]:
+        if line.startswith(RUN_DIR_LINE):
+            return line[len(RUN_DIR_LINE):].strip()
+    return None
+
+
+def describe_run_dir(recorded: str) -> str:
+    """A run dir recorded at submit time, in words where the cluster resolves it."""
+    if not recorded.startswith(CLUSTER_DEFAULT):
+        return recorded
+    leaf = recorded[len(CLUSTER_DEFAULT) + 1:]
+    return f"${STORAGE_ENV}/{leaf} on the cluster (runs/{leaf} in the job's working directory if it is not set)"
 
 
 def stop(job_id: str, address: str, token: str | None = None) -> bool:

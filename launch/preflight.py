@@ -66,13 +66,19 @@ def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None
     _raise(problems)
 
 
-def preflight_submit(cfg: RunConfig, project_dir: Path, shipped_without: list[str]) -> None:
-    """What this machine can know about a job before the cluster sees it: relative paths are read from
-    the uploaded ``project_dir`` (less ``shipped_without``), so they must be there; a reward function
-    that does not import here is a warning, since the cluster may have it installed."""
+def preflight_submit(cfg: RunConfig | StageConfig, project_dir: Path, shipped_without: list[str]) -> None:
+    """What this machine can know about a job (train, or a stage) before the cluster sees it: relative
+    paths are read from the uploaded ``project_dir`` (less ``shipped_without``), so they must be there;
+    a reward function that does not import here is a warning, since the cluster may have it installed."""
     problems = []
-    models = [(ref.path, ref.setting) for ref in _models(cfg) if looks_local(ref.path)]  # not hub names
-    for path, key in [*_data_paths(cfg), *models]:
+    if isinstance(cfg, StageConfig):
+        refs, data, rewards = _policy_models(cfg.model), [(cfg.data.path, "data.path")], []
+        if cfg.data.path is None:
+            data, problems = [], ["a submitted stage needs data.path: a .jsonl or .parquet file, or a `datasets` directory"]
+    else:
+        refs, data, rewards = _models(cfg), _data_paths(cfg), _python_rewards(cfg)
+    models = [(ref.path, ref.setting) for ref in refs if looks_local(ref.path)]  # not hub names
+    for path, key in [*data, *models]:
         if path.startswith(("/", "~")):
             continue  # a path on the cluster's own disks
         top = Path(path).parts[0]
@@ -82,7 +88,7 @@ def preflight_submit(cfg: RunConfig, project_dir: Path, shipped_without: list[st
                 f"{'shipped' if top in shipped_without else 'there'}; move it under {project_dir} (not in "
                 f"{', '.join(shipped_without)}), or give an absolute path that exists on the cluster"
             )
-    for spec, key in _python_rewards(cfg):
+    for spec, key in rewards:
         problem = python_function_problem(spec, key, root=str(project_dir))
         _warn(problem and f"{problem} (here; the job will fail unless the cluster's Python has it)")
     _raise(problems)

@@ -170,8 +170,10 @@ def test_submit_checks_what_it_can_before_the_cluster(user_files):
     """Relative paths are read from the uploaded project directory: one missing there fails here,
     before the (unreachable) cluster is asked anything."""
     address = f"http://127.0.0.1:{closed_port()}"
-    err = refused(user_files, "submit", "data.prompts=my-prompts.jsonl", "--address", address)
+    err = refused(user_files, "submit", "train", "data.prompts=my-prompts.jsonl", "--address", address)
     assert f"data.prompts='my-prompts.jsonl': a relative path is read from the job's copy of {REPO}" in err
+    err = refused(user_files, "submit", "sft", "data.path=my-demos.jsonl", "--address", address)
+    assert f"data.path='my-demos.jsonl': a relative path is read from the job's copy of {REPO}" in err
     assert "cannot reach" not in err
 
 
