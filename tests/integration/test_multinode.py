@@ -75,3 +75,58 @@ def test_three_steps_on_the_cluster(cluster, tmp_path, monkeypatch):
     assert all(r["sync/verified"] == 1.0 for r in result.records)
     assert not ray.is_initialized()  # train disconnected; the cluster lives on for other tests
     ray.init(address=c.address, namespace=NAMESPACE)
+
+
+def _stage_cfg(tmp_path, **overrides):
+    from rlhf_dist.config.stages import StageConfig
+    from rlhf_dist.tiny import make_tiny
+
+    base = make_tiny(tmp_path / "tiny", seed=0).policy
+    return StageConfig(
+        model={"path": str(base)}, logging={"tensorboard": False}, epochs=1,
+        learner={"num_workers": 2, "mini_batch_size": 16, "micro_batch_size": 8},
+        placement={"learner": {"num_gpus": 1, "num_cpus": 0.5}, "strategy": "STRICT_SPREAD"}, **overrides,
+    )
+
+
+def test_a_stage_world_spans_two_raylets_and_trains_as_one(cluster, tmp_path):
+    """The stage's ranks start through the RL learners' launcher (`start_world`): STRICT_SPREAD puts
+    them on the two GPU raylets, each in a bundle holding one declared GPU. After an epoch on
+    different shards both ranks hold the same weights (equal held-out sums), which only one
+    DeepSpeed world that all-reduces gradients gives."""
+    from launch.stages import start_stage_world
+    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.stage_data import sft_examples
+    from rlhf_dist.synthetic import demonstrations
+
+    _, node = cluster
+    cfg = _stage_cfg(tmp_path)
+    tokenizer = load_tokenizer(cfg.model.path)
+    examples = sft_examples(demonstrations(64, seed=0), tokenizer, cfg.data, cfg.seed)
+    workers, groups = start_stage_world("sft", cfg, cfg.model.path, tokenizer.pad_token_id)
+    try:
+        assert sorted(ray.get([w.node_id.remote() for w in workers])) == sorted([node["learners"], node["generators"]])
+        assert [g.bundle_specs for g in groups.values()] == [[{"CPU": 0.5, "GPU": 1.0}] * 2]
+        before = ray.get([w.evaluate.remote(examples.eval) for w in workers])
+        ray.get([w.train_epoch.remote(examples.train[r::2]) for r, w in enumerate(workers)])
+        after = ray.get([w.evaluate.remote(examples.eval) for w in workers])
+        assert after[0]["nll_sum"] == after[1]["nll_sum"] != before[0]["nll_sum"]
+    finally:
+        from launch.roles import release
+
+        release(workers, list(groups.values()))
+
+
+def test_an_sft_stage_runs_on_declared_gpus_of_the_cluster(cluster, tmp_path, monkeypatch):
+    """`run_stage` in a process connected to the cluster (RAY_ADDRESS, as a submitted job) plans the
+    world on its nodes and trains to the end."""
+    from launch.stages import run_stage
+    from rlhf_dist.synthetic import demonstrations
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster[0].address)
+    cfg = _stage_cfg(tmp_path)
+    result = run_stage("sft", cfg, tmp_path / "sft", rows=demonstrations(128, seed=0))
+    assert result.history[-1]["sft/eval_loss"] < result.history[0]["sft/eval_loss"]
+    assert (result.model_dir / "config.json").exists()
+    assert ray.is_initialized()  # joined, not started: the cluster lives on
+    assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
