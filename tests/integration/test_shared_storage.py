@@ -1,0 +1,92 @@
+"""The shared run-dir check on a real multi-node Ray cluster whose nodes see different directories.
+
+A `ray.cluster_utils.Cluster` gives a head and a second node on this machine's disk. A third node
+joins with `ray start` inside its own mount namespace (`unshare -m`), where a fresh tmpfs hides
+``node-local/``: a path there names a different, empty directory on that node, as a disk that is
+not shared would. Nothing about the check is simulated: the probe file, the tasks pinned to each
+node and what each sees are real. Skipped where mount namespaces are not allowed (not root, or a
+container without CAP_SYS_ADMIN).
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from launch.storage import PROBE_PREFIX, check_shared_run_dir
+from rlhf_dist.errors import UserError
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def mount_namespaces_work(tmp: Path) -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", str(tmp)],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage")
+    hidden = root / "node-local"  # what the third node sees here is its own tmpfs
+    hidden.mkdir()
+    if not mount_namespaces_work(hidden):
+        pytest.skip("mount namespaces (unshare -m, mount -t tmpfs) are not allowed here")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address)
+    joined = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs '{hidden}' && exec '{BIN / 'ray'}' start --address={c.address} --num-cpus=1 "
+         "--resources='{\"own_disk\": 1}' --disable-usage-stats --block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while sum(n["Alive"] for n in ray.nodes()) < 3:
+            assert joined.poll() is None and time.time() < deadline, joined.stderr and joined.stderr.read()[-2000:]
+            time.sleep(1)
+        yield root
+    finally:
+        ray.shutdown()
+        os.killpg(joined.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes
+        joined.wait(timeout=60)
+        c.shutdown()
+
+
+def own_disk_node_name():
+    node = next(n for n in ray.nodes() if n["Alive"] and "own_disk" in n["Resources"])
+    return f"{node['NodeManagerAddress']}/{node['NodeID'][:6]}"
+
+
+def test_a_dir_every_node_sees_passes(cluster):
+    run_dir = cluster / "shared" / "run1"
+    check_shared_run_dir(run_dir)
+    assert run_dir.is_dir() and not any(p.name.startswith(PROBE_PREFIX) for p in run_dir.iterdir())
+
+
+def test_a_dir_one_node_does_not_see_is_refused_naming_it(cluster):
+    run_dir = cluster / "node-local" / "run2"
+    with pytest.raises(UserError) as info:
+        check_shared_run_dir(run_dir)
+    message = str(info.value)
+    assert f"run dir {run_dir} is not shared by all 3 nodes" in message
+    assert f"not seen by {own_disk_node_name()} (no directory {run_dir})" in message, message
+    assert message.count("(no directory") == 1, "the head and the second node see it"
+    assert not run_dir.exists(), "the check removes the directory it made"
+
+
+def test_a_relative_dir_is_refused_on_several_nodes(cluster):
+    with pytest.raises(UserError, match="'runs/x' is relative, and this Ray cluster has 3 nodes"):
+        check_shared_run_dir(Path("runs/x"))
