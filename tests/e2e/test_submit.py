@@ -38,14 +38,14 @@ def head():
 
 def test_submit_runs_to_success_with_logs_and_metrics(head):
     address, env = head["address"], head["env"]
-    out = cli("submit", "steps=3", "logging.samples_every=0", "--address", address, env=env)
+    out = cli("submit", "train", "steps=3", "logging.samples_every=0", "--address", address, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     job_id = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("submitted job:"))
     assert f"{address}/#/jobs/{job_id}" in out.stdout
 
     deadline, state = time.time() + 600, ""
     while time.time() < deadline:
-        state = cli("status", job_id, "--address", address, env=env).stdout.strip()
+        state = (cli("status", job_id, "--address", address, env=env).stdout.splitlines() or [""])[0]
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(3)
@@ -61,9 +61,9 @@ def test_submit_runs_to_success_with_logs_and_metrics(head):
 
 
 def test_bad_config_and_unreachable_head_fail_before_submission(head):
-    out = cli("submit", "learner.zero_stage=7", "--address", head["address"], env=head["env"])
+    out = cli("submit", "train", "learner.zero_stage=7", "--address", head["address"], env=head["env"])
     assert out.returncode == 2 and "learner.zero_stage: got 7" in out.stderr
-    out = cli("submit", "steps=1", "--address", f"http://127.0.0.1:{free_port()}", env=head["env"])
+    out = cli("submit", "train", "steps=1", "--address", f"http://127.0.0.1:{free_port()}", env=head["env"])
     assert out.returncode == 2 and "cannot reach the Ray Jobs API" in out.stderr and "Traceback" not in out.stderr
     out = cli("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
     assert out.returncode == 2 and "no job 'raysubmit_nope'" in out.stderr
