@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: check every checkpoint file's sha256 against its manifest, whatever the size "
         "(by default only checkpoints under 2 GB are hashed; larger ones get a size check)",
     )
+    train.add_argument(
+        "--force", action="store_true",
+        help="start even when the memory plan says a GPU bundle cannot fit (`rlhf-dist plan` shows it)",
+    )
     train.set_defaults(handler=_train)
 
     for kind, text in (
@@ -170,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a head's dashboard URL (http://HEAD:8265): plan for its live nodes (default: this machine, no Ray)",
     )
     plan.add_argument("--token", default=None, help="Ray auth token for --address (default: $RAY_AUTH_TOKEN, ~/.ray/auth_token)")
-    plan.add_argument("--nodes", default=None, metavar="NAME:CPUS:GPUS,...", help="plan for nodes written out, e.g. head:8:0,gpu1:32:8")
+    plan.add_argument("--nodes", default=None, metavar="NAME:CPUS:GPUS[:GPU_GIB],...",
+                      help="plan for nodes written out, e.g. head:8:0,gpu1:32:8:80 (GPU_GIB: memory per GPU, default 80)")
     plan.set_defaults(handler=_plan)
 
     from launch.submit_cli import add_job_parsers
@@ -248,13 +253,13 @@ def _train(args: argparse.Namespace) -> int:
                     "(to change the config, start a new run)"
                 )
             train(load_resume_config(Path(run_dir)), Path(run_dir), progress=progress, resume=True,
-                  resume_from=args.resume_from, verify=args.verify)
+                  resume_from=args.resume_from, verify=args.verify, force=args.force)
             return 0
         if args.resume_from is not None or args.verify:
             raise UserError("--from and --verify choose and check the checkpoint to continue from; add --resume RUN_DIR")
         path, overrides = split_config_args(args.items)
         cfg = load_config(path, overrides)
-        train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress)
+        train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress, force=args.force)
     except (RunFailed, ActorFailed) as exc:
         if args.debug:
             raise
@@ -316,7 +321,11 @@ def _plan(args: argparse.Namespace) -> int:
 
         warn_local_plan(cfg)
         nodes, where = cluster.local_nodes(cfg), "this machine (a local Ray)"
-    print(f"placement for {where}:\n{plan_placement(cfg, nodes).table()}")
+    plan = plan_placement(cfg, nodes)
+    print(f"placement for {where}:\n{plan.table()}")
+    from rlhf_dist.memory_plan import memory_table, plan_memory
+
+    print(memory_table(cfg, plan, plan_memory(cfg, plan)))
     return 0
 
 

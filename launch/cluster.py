@@ -39,6 +39,28 @@ def live_nodes() -> list[NodeResources]:
     ]
 
 
+def with_gpu_memory(nodes: list[NodeResources], timeout_s: float = 60.0) -> list[NodeResources]:
+    """``nodes`` of the connected cluster with ``gpu_gib`` read by a probe task on each GPU node
+    (``torch.cuda.get_device_properties``); a node that does not answer keeps 0 (unknown)."""
+    import dataclasses
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, num_gpus=0)  # asks for nothing, so a busy node still answers; sees every GPU
+    def device_gib() -> float:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0.0
+
+    gpu_nodes = [n for n in nodes if n.gpus > 0]
+    refs = [device_gib.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote()
+            for n in gpu_nodes]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    found = {n.node_id: ray.get(r) for n, r in zip(gpu_nodes, refs) if r in ready}
+    return [dataclasses.replace(n, gpu_gib=found.get(n.node_id, 0.0)) for n in nodes]
+
+
 def state_api_nodes(address: str, token: str | None = None) -> list[NodeResources]:
     """The alive nodes of the cluster whose dashboard is at ``address`` (http://HEAD:8265),
     through Ray's state API, without joining the cluster (auth token as for `submit`)."""
@@ -75,7 +97,9 @@ def local_nodes(cfg: RunConfig) -> list[NodeResources]:
     import torch
 
     cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))
-    return [NodeResources("local", float(cpus), float(torch.cuda.device_count()), "local")]
+    gpus = torch.cuda.device_count()
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpus else 0.0
+    return [NodeResources("local", float(cpus), float(gpus), "local", gib)]
 
 
 def required_cpus(cfg: RunConfig | StageConfig) -> float:
@@ -92,19 +116,24 @@ def required_cpus(cfg: RunConfig | StageConfig) -> float:
 
 
 def parse_nodes(spec: str) -> list[NodeResources]:
-    """``NAME:CPUS:GPUS[,NAME:CPUS:GPUS ...]`` (e.g. ``head:8:0,gpu1:32:8``) -> nodes, for dry runs."""
+    """``NAME:CPUS:GPUS[:GPU_GIB][,...]`` (e.g. ``head:8:0,gpu1:32:8:40``) -> nodes, for dry runs; GPU_GIB,
+    the memory of each GPU, defaults to 80."""
+    from rlhf_dist.memory import DEFAULT_GPU_GIB
+
     nodes = []
     for item in spec.split(","):
         parts = item.strip().split(":")
         try:
             name, cpus, gpus = parts[0], float(parts[1]), float(parts[2])
-            if len(parts) != 3 or not name or cpus < 0 or gpus < 0:
+            gib = float(parts[3]) if len(parts) == 4 else DEFAULT_GPU_GIB
+            if len(parts) not in (3, 4) or not name or cpus < 0 or gpus < 0 or gib <= 0:
                 raise ValueError
         except (IndexError, ValueError):
             raise UserError(
-                f"--nodes: cannot read {item!r}; write NAME:CPUS:GPUS per node, comma-separated, e.g. head:8:0,gpu1:32:8"
+                f"--nodes: cannot read {item!r}; write NAME:CPUS:GPUS per node (or NAME:CPUS:GPUS:GPU_GIB, the memory "
+                "of each GPU, default 80), comma-separated, e.g. head:8:0,gpu1:32:8:80"
             ) from None
-        nodes.append(NodeResources(name, cpus, gpus, name))
+        nodes.append(NodeResources(name, cpus, gpus, name, gib if gpus > 0 else 0.0))
     if len({n.name for n in nodes}) != len(nodes):
         raise UserError(f"--nodes: node names must be distinct, got {spec!r}")
     return nodes

@@ -31,8 +31,9 @@ from rlhf_dist.preflight import (
 ROLES = ("rollout", "reward", "reference", "learner")
 
 
-def preflight_train(cfg: RunConfig) -> None:
-    """`rlhf-dist train` (and a resumed run, with its saved config)."""
+def preflight_train(cfg: RunConfig, force: bool = False) -> None:
+    """`rlhf-dist train` (and a resumed run, with its saved config); ``force``: a memory plan that
+    does not fit is a warning, not an error."""
     problems = [p for spec, key in _python_rewards(cfg) if (p := python_function_problem(spec, key))]
     problems += [p for path, key in _data_paths(cfg) if (p := data_path_problem(path, key, _prompt_reader(cfg, path, key)))]
     problems += [p for task in _builtin_tasks(cfg) if (p := _builtin_problem(task))]
@@ -43,6 +44,24 @@ def preflight_train(cfg: RunConfig) -> None:
         _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
     problems += model_problems(_models(cfg))
     _raise(problems)
+    if _local():
+        from launch.cluster import local_nodes
+
+        memory_check(cfg, lambda: local_nodes(cfg), force)
+
+
+def memory_check(cfg: RunConfig, nodes, force: bool = False) -> None:
+    """Refuse, before any actor starts, a plan whose GPU bundle cannot hold its memory estimate
+    (rlhf_dist/memory_plan.py); ``nodes()`` gives the cluster, read only when a role asks for GPUs."""
+    if not any(getattr(cfg.placement, r).num_gpus > 0 for r in ROLES):
+        return
+    from rlhf_dist.memory_plan import MemoryPlanError, plan_memory, refusal
+    from rlhf_dist.placement import plan_placement
+
+    problem = refusal(cfg, plan_memory(cfg, plan_placement(cfg, nodes())))
+    if problem and not force:
+        raise MemoryPlanError(problem)
+    _warn(problem and problem.splitlines()[0] + " (--force: starting anyway)")
 
 
 def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None:

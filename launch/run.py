@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -78,11 +79,11 @@ def load_resume_config(run_dir: Path) -> RunConfig:
 
 def train(
     cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False,
-    resume_from: str | None = None, verify: bool = False,
+    resume_from: str | None = None, verify: bool = False, force: bool = False,
 ) -> RunResult:
     """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint, or from
     ``resume_from`` (``step-N`` or a checkpoint directory), checked against its manifest (every
-    file's hash with ``verify``)."""
+    file's hash with ``verify``). ``force`` starts a run whose memory plan does not fit."""
     from launch.preflight import preflight_train
     from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
     from rlhf_dist.models import load_tokenizer
@@ -90,7 +91,7 @@ def train(
 
     from launch import console
 
-    preflight_train(cfg)  # user errors in seconds, before the run dir, a tiny model or Ray
+    preflight_train(cfg, force)  # user errors in seconds, before the run dir, a tiny model or Ray
     checkpoint = None
     if resume:
         checkpoint = resume_checkpoint(run_dir, resume_from, verify)
@@ -119,6 +120,11 @@ def train(
         started_ray, roles = False, None
         try:
             started_ray = start_ray(cfg)
+            if os.environ.get("RAY_ADDRESS"):  # a cluster: its GPUs' memory is known only now
+                from launch.cluster import live_nodes, with_gpu_memory
+                from launch.preflight import memory_check
+
+                memory_check(cfg, lambda: with_gpu_memory(live_nodes()), force)
             roles, sync_address = build_roles(cfg, model_path)
             # A bar only on a terminal; otherwise (--no-progress, a Ray job's log) one line per step.
             show_progress = (cfg.logging.progress_bar if progress is None else progress) and sys.stderr.isatty()

@@ -34,7 +34,7 @@ def init_learner_world(rank: int, world_size: int, master_addr: str, master_port
 
 
 def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_size: int, schedule=None):
-    """A DeepSpeed engine for ``model`` with a plain AdamW client optimizer.
+    """A DeepSpeed engine for ``model`` with an AdamW client optimizer (`make_optimizer`).
 
     ``learner`` is a LearnerConfig: ZeRO stage, micro/mini batch sizes (gradient accumulation is
     mini / (micro x world)), gradient clipping. ``schedule`` (an `rlhf_dist.schedule.LRSchedule`)
@@ -46,16 +46,25 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
 
     from rlhf_dist.schedule import lr_scheduler
 
-    opt = learner.optimizer
+    from rlhf_dist.memory import ALLGATHER_BUCKET, PREFETCH_BUCKET, REDUCE_BUCKET
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = SkippingAdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    optimizer = make_optimizer(params, learner, lr)
     scheduler = lr_scheduler(optimizer, schedule) if schedule is not None else None
+    zero = {"stage": learner.zero_stage, "reduce_bucket_size": REDUCE_BUCKET, "allgather_bucket_size": ALLGATHER_BUCKET}
+    if learner.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = PREFETCH_BUCKET
+    if learner.offload in ("optimizer", "all"):  # validation: optimizer needs ZeRO >= 1, all needs ZeRO 3
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if learner.offload == "all":
+        zero["offload_param"] = {"device": "cpu"}
     ds_config = {
         "train_micro_batch_size_per_gpu": learner.micro_batch_size,
         "gradient_accumulation_steps": learner.mini_batch_size // (learner.micro_batch_size * world_size),
         "gradient_clipping": learner.grad_clip,
-        "zero_optimization": {"stage": learner.zero_stage},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # offload with torch AdamW (CPU runs) is allowed, only slower
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 10**9,
@@ -66,6 +75,28 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
 
     engine.checkpoint_engine = safe_checkpoint_engine()  # safetensors + JSON, never pickle
     return engine
+
+
+def make_optimizer(params: list[torch.nn.Parameter], learner, lr: float) -> torch.optim.Optimizer:
+    """``learner.optimizer.fused``: auto takes DeepSpeed's FusedAdam on CUDA under ZeRO 1-3
+    (DeepSpeedCPUAdam when the optimizer is offloaded), torch AdamW elsewhere. Stage 0 always
+    keeps `SkippingAdamW`: there DeepSpeed leaves the non-finite check to the optimizer."""
+    from rlhf_dist.errors import UserError
+
+    opt = learner.optimizer
+    if opt.fused is True and not torch.cuda.is_available():
+        raise UserError("learner.optimizer.fused=true needs CUDA (DeepSpeed's FusedAdam); this learner has no "
+                        "GPU: use learner.optimizer.fused=auto or false")
+    kwargs = dict(lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    if opt.fused is not False and torch.cuda.is_available() and learner.zero_stage > 0:
+        if learner.offload != "none":
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(params, adam_w_mode=True, **kwargs)
+    return SkippingAdamW(params, **kwargs)
 
 
 class SkippingAdamW(torch.optim.AdamW):

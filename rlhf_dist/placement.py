@@ -55,6 +55,7 @@ class NodeResources:
     def label(self) -> str:
         return self.name or self.node_id[:12]
 
+    gpu_gib: float = 0.0  # memory of each of its GPUs (rlhf_dist/memory_plan.py); 0 = unknown
 
 @dataclass(frozen=True)
 class Slot:

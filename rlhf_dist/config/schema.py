@@ -198,6 +198,10 @@ class OptimizerConfig(Section):
     )
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup from 0 to lr")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="floor of the linear/cosine decay, as a fraction of lr")
+    fused: Literal["auto"] | bool = Field(
+        "auto", description="auto: DeepSpeed's FusedAdam on CUDA (ZeRO 1-3), torch AdamW on CPU; true: FusedAdam "
+        "(needs CUDA); false: torch AdamW"
+    )
 
 
 class LearnerOptimizerConfig(OptimizerConfig):
@@ -220,6 +224,10 @@ class TrainerConfig(Section):
     )
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="AdamW and its learning-rate schedule")
     lora: LoraConfig = Field(LoraConfig(), description="LoRA adapters instead of full fine-tuning")
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none", description="DeepSpeed ZeRO offload to host memory: optimizer (fp32 master and Adam states; ZeRO "
+        "1-3), all (also the weights; ZeRO 3); docs/memory.md"
+    )
 
 
 class LearnerConfig(TrainerConfig):

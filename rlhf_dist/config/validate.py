@@ -15,7 +15,7 @@ VLLM_HEAD_DIMS = (64, 128)
 
 def validate_config(cfg: RunConfig) -> list[str]:
     problems: list[str] = []
-    for check in (_batch_sizes, _algorithm, _kl, _off_policy, _lengths, _tiny_model, _reward, _placement, _eval):
+    for check in (_batch_sizes, _algorithm, _kl, _off_policy, _lengths, _tiny_model, _reward, _placement, _eval, _offload):
         problems.extend(check(cfg))
     return problems
 
@@ -226,3 +226,16 @@ def _eval(cfg: RunConfig) -> list[str]:
             "(a number of prompts held out of data.prompts)"
         )
     return problems
+
+
+def _offload(cfg: RunConfig) -> list[str]:
+    learner = cfg.learner
+    need = {"optimizer": 1, "all": 3}.get(learner.offload, 0)
+    if learner.zero_stage < need:
+        return [
+            f"learner.offload={learner.offload} needs learner.zero_stage >= {need} (got {learner.zero_stage}): "
+            f"DeepSpeed offloads {'the optimizer' if need == 1 else 'weights'} only under ZeRO {need}"
+            f"{'-3' if need == 1 else ''}; raise learner.zero_stage or set learner.offload="
+            f"{'none' if need == 1 else 'optimizer'}"
+        ]
+    return []
