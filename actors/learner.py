@@ -9,6 +9,7 @@ from actors.common import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
 from rlhf_dist.learner import Learner as LearnerCore
+from rlhf_dist.sync_transport import LearnerRoute
 from rlhf_dist.weight_sync import Bucket, WeightLayout, free_port, node_ip
 
 
@@ -53,8 +54,8 @@ class Learner(ComputeClock):
         """The weight-sync backend every member must use: this world's (nccl on GPU, gloo on CPU)."""
         return self.core.backend
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
-        return self.core.init_weight_sync(host, port, world_size, generation)
+    def init_weight_sync(self, route: LearnerRoute, generation: int) -> bool:
+        return self.core.init_weight_sync(route, generation)
 
     @computing
     def broadcast_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:

@@ -8,6 +8,7 @@ from actors.common import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout import Request, Sample, make_engine
+from rlhf_dist.sync_transport import GeneratorRoute
 from rlhf_dist.weight_sync import SyncReceipt, WeightLayout
 
 
@@ -32,8 +33,8 @@ class RolloutWorker(ComputeClock):
         self.engine.wake_up()
         return True
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> bool:
-        self.engine.init_weight_sync(host, port, rank_offset, world_size, backend, generation)
+    def init_weight_sync(self, route: GeneratorRoute, generation: int) -> bool:
+        self.engine.init_weight_sync(route, generation)
         return True
 
     @computing

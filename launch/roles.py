@@ -164,6 +164,7 @@ def build_roles(cfg: RunConfig, model_path: str) -> tuple[Roles, tuple[str, int]
             remove_placement_group(pg)
         raise
     roles.placement_groups = list(groups.values())
+    roles.plan = plan
     return roles, sync_address
 
 

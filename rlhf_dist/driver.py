@@ -74,7 +74,7 @@ class Driver:
             monitor=HackingMonitor(mon.window, mon.min_gold_drop, mon.kl_budget),
         )
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
-                               cfg.rollout.tensor_parallel_size, cfg.model.dtype)
+                               cfg.rollout.tensor_parallel_size, cfg.model.dtype, roles.plan)
         self.rollouts = RolloutPipeline(cfg, roles, prompts, pad_token_id, self.state.sampler,
                                         version=lambda: self.state.policy_version,
                                         after_generate=lambda: self.set_generators_awake(False))

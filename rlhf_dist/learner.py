@@ -26,7 +26,9 @@ from rlhf_dist.distributed import (
 from rlhf_dist.experience import Experience
 from rlhf_dist.models import disable_dropout, enable_gradient_checkpointing, load_causal_lm, response_logprobs
 from rlhf_dist.schedule import rl_optimizer_steps, schedule_from_config
-from rlhf_dist.weight_sync import Bucket, SyncGroup, TensorMeta, WeightLayout, plan_buckets
+from rlhf_dist.sync_channels import LearnerSender
+from rlhf_dist.sync_transport import LearnerRoute
+from rlhf_dist.weight_sync import Bucket, TensorMeta, WeightLayout, plan_buckets
 
 
 class Learner:
@@ -62,7 +64,7 @@ class Learner:
             self.critic = self._engine(critic.to(policy.dtype), cfg.learner.optimizer.critic_lr)
         self.temperature = cfg.rollout.sampling.temperature
         self.is_correction = resolve_is_correction(cfg.algorithm.is_correction, cfg.rollout.async_steps)
-        self._sync: SyncGroup | None = None
+        self._sender: LearnerSender | None = None
         self._positions = [0, 0]  # (padding, all) positions of the policy's forward passes in train()
 
     def _engine(self, model: torch.nn.Module, lr: float):
@@ -319,28 +321,32 @@ class Learner:
         module = self.policy.module
         return adapter_entries(module) if self.cfg.learner.lora.enabled else weight_entries(module)
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, generation: int) -> bool:
-        """Rank 0 joins the sync group as its rank 0; other ranks have nothing to join."""
-        if self.rank == 0:
-            # A rebuild (a generator was restarted) reuses the store server this rank already runs.
-            store = self._sync.base_store if self._sync is not None else None
-            self._sync = SyncGroup(host, port, 0, world_size, self.backend, generation, store=store)
+    def init_weight_sync(self, route: LearnerRoute, generation: int) -> bool:
+        """Open what this rank sends through (`rlhf_dist.sync_transport.sync_routes`): rank 0 serves
+        the store and is rank 0 of each group; a rank with an engine on its GPU gets an IPC channel."""
+        # A rebuild (a generator was restarted) reuses the store this rank already serves or joined.
+        store = self._sender.store if self._sender is not None else None
+        self._sender = LearnerSender(route, generation, store)
         return True
 
     @torch.no_grad()
     def broadcast_weights(self, buckets: list[Bucket], probe_ids: list[int]) -> tuple[list[int], list[float]]:
-        """All ranks call this; rank 0 sends every bucket.
+        """All ranks call this; rank 0 sends every bucket to the groups, and each rank with an
+        engine on its GPU hands it the same buckets by CUDA IPC.
 
-        Returns the checksums sent (rank 0; [] elsewhere) and the policy's log-probs on the probe,
-        which the driver compares with each generator's after it loaded the weights.
+        Returns the checksums this rank sent ([] if it sent nothing) and the policy's log-probs on
+        the probe, which the driver compares with each generator's after it loaded the weights.
         """
         by_name = {e.name: e for e in self._sync_entries()}
+        sends = self._sender is not None and self._sender.sends
         sums = []
         for bucket in buckets:
             entries = [by_name[m.name] for m in bucket.tensors]
             with gathered([p for e in entries for p in e.params], self.zero3):
-                if self.rank == 0:
-                    sums.append(self._sync.send_bucket([e.compute().to(bucket.dtype) for e in entries]))
+                if sends:
+                    sums.append(self._sender.send_bucket([e.compute().to(bucket.dtype) for e in entries]))
+        if sends and self.device.type == "cuda":
+            torch.cuda.ipc_collect()  # free the buffers the engines have released
         return sums, self.probe_logprobs(probe_ids)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
+
+if TYPE_CHECKING:
+    from rlhf_dist.placement import Plan
 
 T = TypeVar("T")
 
@@ -42,6 +45,7 @@ class Roles:
     reference: list[Any]
     learners: list[Any]
     placement_groups: list[Any] = field(default_factory=list)  # removed with the actors
+    plan: Plan | None = None  # where each actor was placed; the weight sync reads who shares a GPU
 
     def all(self) -> list[Any]:
         return [*self.rollout, *self.reward, *self.reference, *self.learners]

@@ -16,6 +16,8 @@ import torch
 
 from rlhf_dist.config.schema import RunConfig, SamplingConfig
 from rlhf_dist.adapters import AdapterVersions, load_into_peft, vllm_max_lora_rank
+from rlhf_dist.sync_channels import IpcReceiver, open_receiver
+from rlhf_dist.sync_transport import GeneratorRoute
 from rlhf_dist.weight_sync import SyncGroup, WeightLayout, WeightSyncError
 
 
@@ -80,7 +82,7 @@ class VLLMEngine:
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             logprobs_mode="processed_logprobs",
-            worker_extension_cls="rlhf_dist.weight_sync.VLLMWorkerExtension",
+            worker_extension_cls="rlhf_dist.sync_channels.VLLMWorkerExtension",
             trust_remote_code=cfg.model.trust_remote_code,
             enable_sleep_mode=self.sleep_mode,
             # The actor holds its engine's GPUs in one placement bundle (rlhf_dist/placement.py):
@@ -139,10 +141,9 @@ class VLLMEngine:
                                   truncated=completion.finish_reason == "length"))
         return samples
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> None:
-        self.llm.collective_rpc(
-            "init_weight_sync", args=(host, port, rank_offset, world_size, backend, generation)
-        )
+    def init_weight_sync(self, route: GeneratorRoute, generation: int) -> None:
+        """Each worker opens its end of the route: a group rank, or the CUDA IPC channel."""
+        self.llm.collective_rpc("init_weight_sync", args=(route, generation))
 
     def receive_weights(self, layout: WeightLayout) -> tuple[list[int], int]:
         """Receive and load a sync; returns the checksums and the bytes received."""
@@ -195,7 +196,7 @@ class HFEngine:
         self.model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code).to(self.device).eval()
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
         self.batch_size = 64
-        self._sync: SyncGroup | None = None
+        self._sync: SyncGroup | IpcReceiver | None = None
 
     def sleep(self) -> None:
         """No-op: transformers keeps no cache between calls; colocation is a vLLM feature."""
@@ -245,8 +246,8 @@ class HFEngine:
                                   truncated=eos not in row[:length]))
         return samples
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> None:
-        self._sync = SyncGroup(host, port, rank_offset, world_size, backend, generation)
+    def init_weight_sync(self, route: GeneratorRoute, generation: int) -> None:
+        self._sync = open_receiver(route, generation)
 
     @torch.no_grad()
     def receive_weights(self, layout: WeightLayout) -> tuple[list[int], int]:

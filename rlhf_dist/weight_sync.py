@@ -1,9 +1,11 @@
-"""Weight sync: the learner's rank 0 broadcasts the policy to every generator, then both sides prove it.
+"""Weight sync: the learner hands the policy to every generator, then both sides prove it.
 
-The driver holds a `WeightSync` (below): it opens the group, pushes each new policy version and
+The driver holds a `WeightSync` (below): it opens the groups, pushes each new policy version and
 verifies it. A `SyncGroup` is a process group of its own (rank 0 = learner rank 0, ranks 1.. = generator
 processes), built from a TCPStore so that it can span processes that share no default group; it
-lives beside the learners' DeepSpeed world. Gloo on CPU, NCCL on GPU.
+lives beside the learners' DeepSpeed world. Gloo on CPU, NCCL on GPU; a generator on a learner rank's
+own GPU gets that rank's buckets by CUDA IPC instead (transport per generator: rlhf_dist/sync_transport.py,
+the sending and receiving ends: rlhf_dist/sync_channels.py).
 
 Tensors travel in buckets: all tensors of one bucket are flattened into one buffer and broadcast
 with a single collective. Each side computes a checksum of every bucket buffer (the learner of
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_dist.adapters import AdapterSpec, write_adapter
+from rlhf_dist.adapters import AdapterSpec
+from rlhf_dist.sync_transport import Transport, choose_transports, direct_kind, sync_routes
 
 # bench/sync_buckets.py (256 MB fp32 model, loopback gloo, checksums included): 1 MB buckets
 # ~260 MB/s, 4-16 MB ~540-850 MB/s, 32 MB ~560, 128 MB ~420-520. 16 MB sits on the plateau and
@@ -177,9 +180,10 @@ class SyncGroup:
 
         timeout = datetime.timedelta(seconds=timeout_s)
         if store is None:
-            store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False)
+            store = connect_store(host, port, rank == 0, timeout_s)
         self.base_store = store
-        store = dist.PrefixStore(f"rlhf-dist-sync-{generation}", store)
+        # One store can carry a gloo and an NCCL group at once (rlhf_dist/sync_transport.py).
+        store = dist.PrefixStore(f"rlhf-dist-sync-{generation}-{backend}", store)
         self.rank, self.world_size, self.backend = rank, world_size, backend
         if backend == "gloo":
             self._pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
@@ -200,21 +204,38 @@ class SyncGroup:
 
     def receive_bucket(self, bucket: Bucket, device: str | torch.device = "cpu") -> tuple[torch.Tensor, int]:
         """Ranks > 0: receive one bucket; returns the flat buffer and its checksum."""
-        flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=device)
+        # gloo carries host memory: a GPU generator on a CPU learner's group moves what arrived.
+        landing = "cpu" if self.backend == "gloo" else device
+        flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=landing)
         self.broadcast(flat, src=0)
-        return flat, checksum(flat)
+        return flat.to(device), checksum(flat)
 
     def receive_all(
         self, buckets: tuple[Bucket, ...] | list[Bucket], device: str | torch.device = "cpu"
     ) -> tuple[list[tuple[str, torch.Tensor]], list[int]]:
         """Ranks > 0: receive every bucket; returns (named tensors, checksums)."""
-        named: list[tuple[str, torch.Tensor]] = []
-        sums: list[int] = []
-        for bucket in buckets:
-            flat, digest = self.receive_bucket(bucket, device)
-            named.extend(unflatten_bucket(flat, bucket))
-            sums.append(digest)
-        return named, sums
+        return receive_buckets(self.receive_bucket, buckets, device)
+
+
+def receive_buckets(receive_bucket, buckets, device) -> tuple[list[tuple[str, torch.Tensor]], list[int]]:
+    """Every bucket through ``receive_bucket(bucket, device) -> (flat, checksum)``, whatever the
+    transport (a group's broadcast, a CUDA IPC channel); returns (named tensors, checksums)."""
+    named: list[tuple[str, torch.Tensor]] = []
+    sums: list[int] = []
+    for bucket in buckets:
+        flat, digest = receive_bucket(bucket, device)
+        named.extend(unflatten_bucket(flat, bucket))
+        sums.append(digest)
+    return named, sums
+
+
+def connect_store(host: str, port: int, is_master: bool, timeout_s: float = 300.0):
+    """The TCPStore of a sync: learner rank 0 serves it, every other member connects (retrying
+    until ``timeout_s``, so members may start in any order)."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    return dist.TCPStore(host, port, None, is_master=is_master, timeout=timeout, wait_for_workers=False)
 
 
 def verify_checksums(sent: list[int], received: dict[str, list[int]], version: int) -> None:
@@ -233,45 +254,60 @@ def verify_checksums(sent: list[int], received: dict[str, list[int]], version: i
 
 
 class WeightSync:
-    """The driver's side of weight sync: opens the group, moves the learner's weights to every
-    generator, and proves they arrived.
+    """The driver's side of weight sync: opens the groups and channels, moves the learner's weights to
+    every generator, and proves they arrived.
 
     The transfer goes through the actors' ``init_weight_sync`` / ``broadcast_weights`` /
-    ``receive_weights`` methods over one collective transport for the whole group: ``gloo`` on
-    CPU, ``nccl`` when the learners see a GPU (whatever the plan declared).
+    ``receive_weights`` methods, over the transport chosen per generator from the placement ``plan``
+    (`rlhf_dist.sync_transport`): CUDA IPC to an engine on a learner rank's own GPU, NCCL between
+    GPUs, gloo on CPU, a host copy over gloo from a GPU learner to a CPU generator. Without a plan
+    nobody shares a GPU, and the devices the actors see decide. Checksums and the probe verify every
+    generator alike, whatever its transport.
     """
 
     def __init__(self, learners: list, generators: list, address: tuple[str, int], probe_ids: list[int],
-                 tensor_parallel_size: int = 1, dtype: str = "float32"):
+                 tensor_parallel_size: int = 1, dtype: str = "float32", plan=None):
         self.learners, self.generators, self.address = learners, generators, address
-        self.probe_ids, self.tensor_parallel_size = probe_ids, tensor_parallel_size
+        self.probe_ids, self.tensor_parallel_size, self.plan = probe_ids, tensor_parallel_size, plan
         # fp32 engines agree to rounding; half precision reorders sums (CONTRACTS: stated looser).
         self.tolerance = 1e-4 if dtype == "float32" else 2e-2
         self.generation = 0
         self.layout = WeightLayout(())
-        self.transport = "gloo"
+        self.transports: list[Transport] = []
 
     @property
     def buckets(self) -> tuple[Bucket, ...]:
         return self.layout.buckets
 
     def open(self, generation: int = 0) -> None:
-        """Open the group (learner rank 0 + every generator process) and plan the buckets. A new
-        ``generation`` rebuilds it after a member restarted (fixed membership: everyone rejoins)."""
+        """Choose the transports, open the groups and channels (learner ranks + every generator
+        process) and plan the buckets. A new ``generation`` rebuilds them after a member restarted
+        (fixed membership: everyone rejoins)."""
         from rlhf_dist.remote import gather
 
-        host, port = self.address
-        tp = self.tensor_parallel_size
-        world = 1 + len(self.generators) * tp
         self.generation = generation
-        self.transport = gather([self.learners[0].sync_backend.remote()], "learner")[0]
-        calls = [self.learners[0].init_weight_sync.remote(host, port, world, generation)]
-        calls += [
-            g.init_weight_sync.remote(host, port, 1 + i * tp, world, self.transport, generation)
-            for i, g in enumerate(self.generators)
-        ]
+        members = [*self.learners, *self.generators]
+        gpus = gather([m.cuda_device.remote() for m in members], "weight sync setup (devices)")
+        self.transports = self._transports(gpus[: len(self.learners)], gpus[len(self.learners):])
+        learner_routes, generator_routes = sync_routes(
+            self.transports, len(self.learners), self.tensor_parallel_size, self.address
+        )
+        calls = [l.init_weight_sync.remote(r, generation) for l, r in zip(self.learners, learner_routes)]
+        calls += [g.init_weight_sync.remote(r, generation) for g, r in zip(self.generators, generator_routes)]
         gather(calls, "weight sync setup")
         self.layout = gather([self.learners[0].weight_layout.remote(DEFAULT_BUCKET_BYTES)], "learner")[0]
+
+    def _transports(self, learner_gpus: list[str | None], generator_gpus: list[str | None]) -> list[Transport]:
+        """The plan's choice, corrected by the GPUs the actors really see (CUDA device UUIDs)."""
+        if self.plan is None:
+            transports = [Transport(i, direct_kind(learner_gpus[0] is not None, gpu is not None), 0)
+                          for i, gpu in enumerate(generator_gpus)]
+        else:
+            sees = {f"learner-{i}": gpu is not None for i, gpu in enumerate(learner_gpus)}
+            sees |= {f"rollout-{i}": gpu is not None for i, gpu in enumerate(generator_gpus)}
+            transports = choose_transports(self.plan, sees)
+        check_devices(transports, learner_gpus, generator_gpus)
+        return transports
 
     def reopen(self) -> None:
         self.open(self.generation + 1)
@@ -287,15 +323,17 @@ class WeightSync:
         sends = [l.broadcast_weights.remote(self.buckets, self.probe_ids) for l in self.learners]
         receives = [g.receive_weights.remote(self.layout, self.probe_ids) for g in self.generators]
         try:
-            sent, learner_probe = gather(sends, "learner (weight sync)")[0]
+            sent = gather(sends, "learner (weight sync)")  # per rank: (checksums of what it sent, probe)
         except ActorFailed:
             gather(receives, "rollout (weight sync)")  # a generator that died surfaces as ActorDied
             raise
         received: list[SyncReceipt] = gather(receives, "rollout (weight sync)")
         seconds = time.perf_counter() - start
-        verify_checksums(sent, {f"rollout-{i}": r.checksums for i, r in enumerate(received)}, version)
-        probe_diff = verify_probe(learner_probe, [r.probe_logprobs for r in received], self.tolerance, version)
-        nbytes = max(r.nbytes for r in received)  # every generator receives the same buckets
+        senders = [t.sender for t in self.transports] or [0] * len(received)
+        for i, (receipt, rank) in enumerate(zip(received, senders)):
+            verify_checksums(sent[rank][0], {f"rollout-{i}": receipt.checksums}, version)
+        probe_diff = verify_probe(sent[0][1], [r.probe_logprobs for r in received], self.tolerance, version)
+        nbytes = max(r.nbytes for r in received)  # every generator is handed the same buckets
         return {
             "sync/verified": 1.0,
             "sync/seconds": seconds,
@@ -303,6 +341,24 @@ class WeightSync:
             "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9),
             "sync/probe_max_diff": probe_diff,
         }
+
+
+def check_devices(transports: list[Transport], learner_gpus: list[str | None], generator_gpus: list[str | None]) -> None:
+    """The GPUs Ray handed out must agree with the plan: an IPC pair on one GPU, an NCCL pair on two
+    (NCCL refuses two ranks of one group on one device). ``*_gpus``: each actor's CUDA device UUID."""
+    for t in transports:
+        mine, theirs = generator_gpus[t.generator], learner_gpus[t.sender]
+        if t.kind == "ipc" and mine != theirs:
+            raise WeightSyncError(
+                f"rollout-{t.generator} was planned on the GPU of learner-{t.sender} (CUDA IPC), but sees GPU "
+                f"{mine} while the learner sees {theirs}; the placement groups do not match the plan"
+            )
+        if t.kind == "nccl" and mine == theirs:
+            raise WeightSyncError(
+                f"rollout-{t.generator} and learner-{t.sender} landed on the same GPU ({mine}) in different bundles, "
+                "and NCCL cannot join two ranks on one device: set placement.colocate=true to share GPUs "
+                "(weights then go by CUDA IPC), or give rollout and learner whole GPUs (num_gpus=1)"
+            )
 
 
 def verify_probe(learner: list[float], generators: list[list[float]], tolerance: float, version: int) -> float:
@@ -316,36 +372,3 @@ def verify_probe(learner: list[float], generators: list[list[float]], tolerance:
             f"learner's by {diff:.2e} (> {tolerance:g}); the engine did not load what was sent"
         )
     return diff
-
-
-class VLLMWorkerExtension:
-    """Mixed into vLLM's worker (``LLM(worker_extension_cls=...)``); called via ``collective_rpc``.
-
-    The sync group is opened inside the worker process, so on GPUs the NCCL broadcast lands
-    directly in the worker's device memory.
-    """
-
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str, generation: int) -> bool:
-        import torch.distributed as dist
-
-        local_rank = dist.get_rank() if dist.is_initialized() and dist.get_world_size() > 1 else 0
-        self._rlhf_sync = SyncGroup(host, port, rank_offset + local_rank, world_size, backend, generation)
-        return True
-
-    def receive_weights(self, layout: WeightLayout, adapter_dir: str | None = None) -> tuple[list[int], int]:
-        """Receive a sync; returns the checksums and the bytes received. Full weights are loaded in
-        place; an adapter is written to ``adapter_dir`` (by the first worker), for the engine to
-        register as a LoRA (`rlhf_dist.rollout.VLLMEngine`)."""
-        import torch.distributed as dist
-
-        if getattr(self, "_rlhf_sync", None) is None:
-            raise WeightSyncError("receive_weights before init_weight_sync: the sync group is not open")
-        device = next(self.model_runner.model.parameters()).device
-        named, sums = self._rlhf_sync.receive_all(layout.buckets, device)
-        if layout.adapter is None:
-            self.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
-        elif adapter_dir is None:
-            raise WeightSyncError("an adapter arrived without a directory to write it to")
-        elif not dist.is_initialized() or dist.get_rank() == 0:
-            write_adapter(adapter_dir, layout.adapter, named)
-        return sums, sum(t.nbytes for _, t in named)
