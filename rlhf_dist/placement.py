@@ -20,6 +20,11 @@ rank i and engine i both sit in bundle i, each asking for its share of that GPU
 engine per learner rank and ``tensor_parallel_size=1`` (checked in config validation): an actor
 lives in one bundle, so an engine cannot span the GPUs of several.
 
+Guests (``placement.reference.colocate_with: learner``, likewise reward; GPU runs): worker i of the
+role joins learner rank i's bundle (of ``learner`` or ``rollout+learner``), its CPUs added to that
+bundle and its ``num_gpus`` a share of the bundle's one GPU, like OpenRLHF's colocate-all. Every
+actor computes on the GPUs of its own bundle only, or on CPU (`Plan.device`).
+
 Strategies follow Ray's meaning: PACK puts a group's bundles on one node when one can hold them all,
 else fills nodes greedily; SPREAD deals bundles round-robin over the nodes that fit; STRICT_PACK
 needs one node; STRICT_SPREAD one node per bundle. Nodes are taken in order of (name, node id), so
@@ -50,12 +55,12 @@ class NodeResources:
     cpus: float
     gpus: float
     name: str = ""
+    gpu_gib: float = 0.0  # memory of each of its GPUs (rlhf_dist/memory_plan.py); 0 = unknown
 
     @property
     def label(self) -> str:
         return self.name or self.node_id[:12]
 
-    gpu_gib: float = 0.0  # memory of each of its GPUs (rlhf_dist/memory_plan.py); 0 = unknown
 
 @dataclass(frozen=True)
 class Slot:
@@ -104,18 +109,39 @@ class Plan:
     def role_slots(self, role: str) -> list[Slot]:
         return sorted((s for s in self.slots if s.role == role), key=lambda s: s.index)
 
+    def device(self, slot: Slot) -> str:
+        """The device actor ``slot`` computes on: its bundle's GPUs, which Ray makes the only ones it
+        sees (so ``cuda:0`` is its own), or the CPU: an actor without GPUs sees none
+        (``CUDA_VISIBLE_DEVICES=""``, actors/common.py)."""
+        if slot.num_gpus <= 0:
+            return 'cpu (CUDA_VISIBLE_DEVICES="")'
+        where = f"bundle {slot.bundle} of {slot.group} on node {self.node_label(slot.node_id)}"
+        if slot.num_gpus < 1:
+            others = [s.name for s in self.slots
+                      if (s.group, s.bundle) == (slot.group, slot.bundle) and s != slot and s.num_gpus > 0]
+            shared = f", shared with {_and(others)}" if others else ""
+            return f"cuda:0 ({slot.num_gpus:g} of one GPU{shared}; {where})"
+        n = int(round(slot.num_gpus))
+        return f"{'cuda:0' if n == 1 else f'cuda:0-{n - 1}'} ({n} GPU{'s' * (n != 1)}; {where})"
+
+    def node_label(self, node_id: str) -> str:
+        return next((n.label for n in self.nodes if n.node_id == node_id), node_id[:12])
+
     def table(self) -> str:
         """Each group, its bundles, the node each lands on and the actors in it; then the nodes."""
         labels = {n.node_id: n.label for n in self.nodes}
         lines = []
         for g in self.groups:
-            kind = "colocated: " + " and ".join(g.roles) + " share each bundle" if g.colocated else "not colocated"
+            kind = f"colocated: {_and(g.roles)} share each bundle" if g.colocated else "not colocated"
             lines.append(f"{g.name}  ({g.strategy}, {len(g.bundles)} bundle{'s' * (len(g.bundles) != 1)}, {kind})")
             for b, (bundle, node) in enumerate(zip(g.bundles, g.nodes)):
                 actors = ", ".join(
                     f"{s.name} ({_fmt_res(s.num_cpus, s.num_gpus)})" for s in self.slots if s.group == g.name and s.bundle == b
                 )
                 lines.append(f"  bundle {b}  {_fmt_bundle(bundle):<18}  node {labels[node]:<12}  {actors}")
+        lines.append("devices")
+        for slot in sorted(self.slots, key=lambda s: (ROLE_ORDER.index(s.role), s.index)):
+            lines.append(f"  {slot.name:<12}  {self.device(slot)}")
         lines.append("nodes")
         used = {n.node_id: [0.0, 0.0] for n in self.nodes}
         for g in self.groups:
@@ -170,17 +196,20 @@ def _groups(cfg: RunConfig) -> tuple[list[Group], list[Slot]]:
     }
     groups: list[Group] = []
     slots: list[Slot] = []
-    roles = list(ROLE_ORDER)
-    if place.colocate:
-        _check_colocation(cfg)
-        learner, rollout = place.learner, place.rollout
+    roles = [r for r in ROLE_ORDER if r in ("learner", "rollout") or resources[r].colocate_with is None]
+    guests = [r for r in ("reference", "reward") if r not in roles]  # in the learners' bundles
+    if place.colocate or guests:
+        _check_colocation(cfg, guests)
+        hosts = ["learner", "rollout"] if place.colocate else ["learner"]
+        name = COLOCATED if place.colocate else "learner"
         n = counts["learner"]
-        groups.append(Group(COLOCATED, ("learner", "rollout"), strategy,
-                            [_bundle(learner.num_cpus + rollout.num_cpus, 1.0) for _ in range(n)]))
-        for role in ("learner", "rollout"):
+        cpus = [sum(resources[r].num_cpus for r in hosts + guests if i < counts[r]) for i in range(n)]
+        # One whole GPU per bundle, shared by the roles' fractions (validation keeps their sum <= 1).
+        groups.append(Group(name, tuple(hosts + guests), strategy, [_bundle(c, 1.0) for c in cpus]))
+        for role in hosts + guests:
             res = resources[role]
-            slots += [Slot(role, i, COLOCATED, i, "", res.num_cpus, res.num_gpus) for i in range(counts[role])]
-        roles = ["reference", "reward"]
+            slots += [Slot(role, i, name, i, "", res.num_cpus, res.num_gpus) for i in range(counts[role])]
+        roles = [r for r in roles if r not in hosts]
     for role in roles:
         res = resources[role]
         groups.append(Group(role, (role,), strategy, [_bundle(res.num_cpus, res.num_gpus) for _ in range(counts[role])]))
@@ -188,14 +217,23 @@ def _groups(cfg: RunConfig) -> tuple[list[Group], list[Slot]]:
     return groups, slots
 
 
-def _check_colocation(cfg: RunConfig) -> None:
+def _check_colocation(cfg: RunConfig, guests: list[str]) -> None:
     """The planner's own guard; config validation reports the same problems earlier."""
-    if cfg.rollout.tensor_parallel_size != 1 or cfg.rollout.num_workers != cfg.learner.num_workers:
+    if cfg.placement.colocate and (
+        cfg.rollout.tensor_parallel_size != 1 or cfg.rollout.num_workers != cfg.learner.num_workers
+    ):
         raise PlacementError(
             "placement.colocate=true pairs one vLLM engine with each learner rank on one GPU: it needs "
             f"rollout.num_workers == learner.num_workers (got {cfg.rollout.num_workers} and "
             f"{cfg.learner.num_workers}) and rollout.tensor_parallel_size=1 (got {cfg.rollout.tensor_parallel_size})"
         )
+    for role in guests:
+        count = getattr(cfg, role).num_workers
+        if count > cfg.learner.num_workers:
+            raise PlacementError(
+                f"placement.{role}.colocate_with=learner puts {role} worker i in learner rank i's bundle: "
+                f"{role}.num_workers={count} must be <= learner.num_workers={cfg.learner.num_workers}"
+            )
 
 
 # -- placing one group ---------------------------------------------------------------------------
@@ -205,11 +243,13 @@ def _place(group: Group, nodes: list[NodeResources], free: dict[str, list[float]
     """Node id per bundle of ``group``; checks totals, then one bundle's fit, then the strategy."""
     if not group.bundles:
         return []
-    bundle = group.bundles[0]  # a group's bundles are all the same size
+    # A group's bundles are the same size, except where guests (reference, reward) join some learner bundles.
+    bundle = max(group.bundles, key=lambda b: (b.get("GPU", 0.0), b.get("CPU", 0.0)))
     n = len(group.bundles)
-    what = f"the {group.name} needs {n} bundle{'s' * (n != 1)} of {_fmt_bundle(bundle)} ({group.strategy})"
+    up_to = "up to " if any(b != bundle for b in group.bundles) else ""
+    what = f"the {group.name} needs {n} bundle{'s' * (n != 1)} of {up_to}{_fmt_bundle(bundle)} ({group.strategy})"
     for key, unit, index in (("GPU", "GPU", 1), ("CPU", "CPU", 0)):
-        need = n * bundle.get(key, 0.0)
+        need = sum(b.get(key, 0.0) for b in group.bundles)
         have = sum(free[node.node_id][index] for node in nodes)
         if need > have + EPS:
             total = sum(node.gpus if index else node.cpus for node in nodes)
@@ -274,8 +314,9 @@ def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
 
 def _fix_hint(cfg: RunConfig, group: Group) -> str:
     if group.colocated:
-        return ("lower learner.num_workers and rollout.num_workers (one engine per learner rank), "
-                "or add GPU nodes")
+        paired = "and rollout.num_workers (one engine per learner rank)" if "rollout" in group.roles else (
+            "(the roles colocated with it follow)")
+        return f"lower learner.num_workers {paired}, or add GPU nodes"
     role = group.name
     count = {"learner": "learner.num_workers", "rollout": "rollout.num_workers",
              "reference": "reference.num_workers", "reward": "reward.num_workers"}[role]
@@ -303,6 +344,11 @@ def _describe(nodes: list[NodeResources], free: dict[str, list[float]] | None = 
         f"{round(free[n.node_id][1], 6):g} of {n.gpus:g} GPU free"
         for n in nodes
     )
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _names(groups: list[Group]) -> str:

@@ -253,12 +253,22 @@ class RoleResources(Section):
     num_cpus: float = Field(0.5, gt=0.0, description="CPUs per worker")
 
 
+class GuestRoleResources(RoleResources):
+    """Resources of a role that may share the learners' bundles (reference, reward)."""
+
+    colocate_with: Literal["learner"] | None = Field(
+        None,
+        description="learner: worker i runs in learner rank i's bundle and shares its GPU (num_gpus is its "
+        "share; GPU runs only), saving a GPU per role like OpenRLHF's colocate-all; null: bundles of its own",
+    )
+
+
 class PlacementConfig(Section):
     """Resources per worker of each role; worker counts live in each role's section."""
 
     rollout: RoleResources = Field(RoleResources(), description="per rollout generator")
-    reward: RoleResources = Field(RoleResources(num_cpus=0.25), description="per reward scorer")
-    reference: RoleResources = Field(RoleResources(num_cpus=0.25), description="per reference worker")
+    reward: GuestRoleResources = Field(GuestRoleResources(num_cpus=0.25), description="per reward scorer")
+    reference: GuestRoleResources = Field(GuestRoleResources(num_cpus=0.25), description="per reference worker")
     learner: RoleResources = Field(RoleResources(), description="per learner rank")
     colocate: bool = Field(False, description="rollout and learner share GPUs; vLLM sleeps while training")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

@@ -182,7 +182,48 @@ def _placement(cfg: RunConfig) -> list[str]:
         )
     if cfg.placement.colocate:
         problems.extend(_colocation(cfg))
+    problems.extend(_guests(cfg))
     return problems
+
+
+def _guests(cfg: RunConfig) -> list[str]:
+    """``placement.reference.colocate_with`` / ``placement.reward.colocate_with``: worker i shares
+    learner rank i's bundle and GPU (rlhf_dist/placement.py)."""
+    place, problems = cfg.placement, []
+    guests = [r for r in ("reference", "reward") if getattr(place, r).colocate_with == "learner"]
+    for role in guests:
+        res, count = getattr(place, role), getattr(cfg, role).num_workers
+        if place.learner.num_gpus == 0:
+            problems.append(
+                f"placement.{role}.colocate_with=learner shares the learners' GPUs, but placement.learner.num_gpus=0 "
+                f"(a CPU run); set placement.{role}.colocate_with=null, or give the learners GPUs"
+            )
+        elif res.num_gpus == 0:
+            problems.append(
+                f"placement.{role}.colocate_with=learner needs placement.{role}.num_gpus > 0, its share of each "
+                f"learner rank's GPU (e.g. 0.2); with 0 it would hide every GPU and run on CPU"
+            )
+        if count > cfg.learner.num_workers:
+            problems.append(
+                f"placement.{role}.colocate_with=learner puts {role} worker i in learner rank i's bundle: "
+                f"{role}.num_workers={count} must be <= learner.num_workers={cfg.learner.num_workers}"
+            )
+    if guests and place.learner.num_gpus > 0:
+        sharers = ["learner", *(["rollout"] if place.colocate else []), *guests]
+        shares = [getattr(place, r).num_gpus for r in sharers]
+        if sum(shares) > 1.0 + 1e-9:
+            terms = " + ".join(f"placement.{r}.num_gpus" for r in sharers)
+            values = " + ".join(f"{v:g}" for v in shares)
+            problems.append(
+                f"{terms} = {values} = {sum(shares):g} shares of one GPU, more than 1: the roles colocated with the "
+                f"learner split each learner rank's GPU; use fractions such as {_split(len(sharers))}"
+            )
+    return problems
+
+
+def _split(n: int) -> str:
+    share = 1.0 / n
+    return " and ".join([f"{share:.2g}"] * n) if n < 4 else f"{share:.2g} each"
 
 
 def _colocation(cfg: RunConfig) -> list[str]:
