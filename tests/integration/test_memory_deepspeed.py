@@ -123,3 +123,28 @@ def test_planner_matches_deepspeed_allocations(stage, dtype, world, lora, tmp_pa
         assert want == pytest.approx(got, rel=0.05), rows[-1]
     print(f"\nZeRO-{stage} {dtype} world {world}{' LoRA' if lora else ''} (P={shape.params:,}, P_t={trainable:,}), "
           "per rank:\n" + "\n".join(rows))
+
+
+@pytest.mark.parametrize(("stage", "offload"), [(2, "optimizer"), (3, "all")])
+def test_offload_is_honoured_and_trains_on_cpu(stage, offload):
+    """learner.offload reaches DeepSpeed's config, and a CPU run still trains (torch AdamW on the host)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf_dist.distributed import build_engine, init_learner_world
+    from rlhf_dist.weight_sync import free_port
+
+    cfg = load_config(None, ["learner.num_workers=1", f"learner.zero_stage={stage}", f"learner.offload={offload}",
+                             f"learner.micro_batch_size={MICRO}", f"learner.mini_batch_size={MICRO}"])
+    init_learner_world(0, 1, "127.0.0.1", free_port())
+    torch.manual_seed(0)
+    engine = build_engine(LlamaForCausalLM(LlamaConfig(**MODEL)), cfg.learner, "float32", 1e-3, 1)
+    assert engine.zero_cpu_offload() and bool(engine.zero_offload_param()) == (offload == "all")
+    engine.train()
+    ids = torch.randint(0, MODEL["vocab_size"], (MICRO, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(3):
+        loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
