@@ -16,7 +16,6 @@ the extra GPU memory is one bucket, never a second copy of the model.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 from dataclasses import asdict, dataclass
 

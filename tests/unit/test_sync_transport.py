@@ -10,7 +10,7 @@ from rlhf_dist.config import load_config
 from rlhf_dist.placement import COLOCATED, Group, NodeResources, Plan, Slot, plan_placement
 from rlhf_dist.sync_transport import GeneratorRoute, LearnerRoute, Transport, choose_transports, describe, sync_routes
 from rlhf_dist.weight_sync import (
-    Bucket, TensorMeta, WeightSyncError, check_devices, checksum, flatten_bucket, free_port, unflatten_bucket,
+    Bucket, TensorMeta, WeightSyncError, check_devices, checksum, flatten_bucket, free_port,
 )
 
 
