@@ -80,7 +80,11 @@ class StageConfig(Section):
 
 
 def validate_stage_config(cfg: StageConfig) -> list[str]:
+    from rlhf_dist.config.validate import offload_problems
+
     learner = cfg.learner
+    if offload_problems(learner):
+        return offload_problems(learner)
     per_step = learner.num_workers * learner.micro_batch_size
     if learner.mini_batch_size % per_step:
         return [

@@ -270,7 +270,11 @@ def _eval(cfg: RunConfig) -> list[str]:
 
 
 def _offload(cfg: RunConfig) -> list[str]:
-    learner = cfg.learner
+    return offload_problems(cfg.learner)
+
+
+def offload_problems(learner) -> list[str]:
+    """``learner.offload`` against ``learner.zero_stage`` (a TrainerConfig: the RL learners' or a stage's)."""
     need = {"optimizer": 1, "all": 3}.get(learner.offload, 0)
     if learner.zero_stage < need:
         return [

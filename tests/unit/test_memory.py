@@ -217,3 +217,26 @@ def test_plan_command_prints_the_memory_table(capsys):
     assert main(["plan", "placement.learner.num_gpus=1", "--nodes", "head:4:0,gpu:8:2:24"]) == 0
     out = capsys.readouterr().out
     assert "learner bundle 0  node gpu  device 24 GiB" in out and "verdict: every GPU bundle fits" in out
+
+
+def test_offload_needs_its_zero_stage_in_rl_and_stage_configs():
+    from rlhf_dist.config import ConfigError
+    from rlhf_dist.config.stages import StageConfig
+
+    for schema in ({}, {"schema": StageConfig}):
+        with pytest.raises(ConfigError, match="learner.offload=all needs learner.zero_stage >= 3 \\(got 2\\)"):
+            load_config(None, ["learner.zero_stage=2", "learner.offload=all"], **schema)
+        with pytest.raises(ConfigError, match="learner.offload=optimizer needs learner.zero_stage >= 1"):
+            load_config(None, ["learner.zero_stage=0", "learner.offload=optimizer"], **schema)
+        assert load_config(None, ["learner.zero_stage=3", "learner.offload=all"], **schema).learner.offload == "all"
+
+
+def test_fused_optimizer_choice_on_cpu():
+    import torch
+
+    from rlhf_dist.distributed import SkippingAdamW, make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert type(make_optimizer(params, load_config(None, []).learner, 1e-3)) is SkippingAdamW  # auto, no CUDA
+    with pytest.raises(UserError, match="fused=true needs CUDA"):
+        make_optimizer(params, load_config(None, ["learner.optimizer.fused=true"]).learner, 1e-3)
