@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--small", action="store_true", help="a smaller, faster version (used by the tests)")
     demo.set_defaults(handler=_demo)
 
-    plan = commands.add_parser("plan", help="print where each role's actors would run (placement groups per node)")
+    plan = commands.add_parser("plan", help="print where each role's actors would run (placement groups per node) and the GiB each GPU bundle needs")
     plan.add_argument(
         "items", nargs="*", metavar="[CONFIG] [key=value ...]",
         help="the training config to plan, as for train (default: the embedded tiny run), then dotted overrides",

@@ -92,9 +92,10 @@ def _combine(bundle: BundleEstimate, colocated: bool) -> BundleEstimate:
     if colocated and len(bundle.actors) > 1:
         learners = [a for a in bundle.actors if a.name.startswith("learner")]
         others = [a for a in bundle.actors if not a.name.startswith("learner")]
+        turn = "generate" if any(a.name.startswith("rollout") for a in others) else "inference"
         bundle.phases = {
             "train": sum(a.peak for a in learners) + sum(a.idle for a in others),
-            "generate": sum(a.idle for a in learners) + sum(a.peak for a in others),
+            turn: sum(a.idle for a in learners) + sum(a.peak for a in others),
         }
         bundle.peak = max(bundle.phases.values())
     else:
@@ -185,7 +186,7 @@ def memory_table(cfg: RunConfig, plan: Plan, bundles: list[BundleEstimate]) -> s
         verdict = "" if b.device_gib <= 0 else ("  fits" if b.fits else "  DOES NOT FIT")
         phases = ""
         if b.phases:
-            phases = f" (colocated: max of train {_g(b.phases['train'])}, generate {_g(b.phases['generate'])})"
+            phases = " (colocated: max of " + ", ".join(f"{k} {_g(v)}" for k, v in b.phases.items()) + ")"
         lines.append(f"  {b.group} bundle {b.bundle}  node {b.node}  device {device}{share}  peak {_g(b.peak)}{phases}{verdict}")
         lines += [f"    {a.name:<12} {_actor_line(a)}" for a in b.actors]
     problem = refusal(cfg, bundles)
