@@ -20,11 +20,13 @@ EXIT_USER_ERROR = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     from launch import console
+    from launch.submit_cli import with_default_kind
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, verbose = "--debug" in argv, "--verbose" in argv
     argv = [a for a in argv if a not in ("--debug", "--verbose")]
     parser = build_parser()
+    argv = with_default_kind(argv)
     unknown = unknown_command(parser, argv)
     if unknown:
         print(f"rlhf-dist: error: {unknown}", file=sys.stderr)

@@ -13,12 +13,31 @@ from launch.jobs import KINDS
 
 SUBMIT_EXAMPLES = """examples:
   rlhf-dist submit train examples/tiny.yaml steps=50 --address http://127.0.0.1:8265
+  rlhf-dist submit examples/tiny.yaml steps=50 --address ...     (no KIND: train)
   rlhf-dist submit sft sft.yaml data.path=/mnt/shared/data/demos.jsonl --run-dir /mnt/shared/rlhf-dist/sft-1
   rlhf-dist submit demo arithmetic --small
 where the run writes (on the cluster): --run-dir DIR, else --storage ROOT/NAME-TIME, else the cluster's
 $RLHF_DIST_STORAGE/NAME-TIME (cluster.yaml: /mnt/shared/rlhf-dist), else runs/NAME-TIME in the job's
 working directory (one-node clusters only). `rlhf-dist status JOB_ID` prints it.
 """
+
+
+_VALUED = ("--address", "--token", "--run-dir", "--storage", "--python", "--seed")
+
+
+def with_default_kind(argv: list[str]) -> list[str]:
+    """`submit CONFIG k=v ...`, the form without a kind, submits `train` (as it did before the
+    other kinds could be submitted)."""
+    if argv[:1] != ["submit"]:
+        return argv
+    rest, i = argv[1:], 0
+    while i < len(rest) and rest[i].startswith("-"):
+        if rest[i] in ("-h", "--help"):
+            return argv
+        i += 2 if rest[i] in _VALUED else 1
+    if i < len(rest) and rest[i] in KINDS:
+        return argv
+    return ["submit", "train", *rest]
 
 
 def add_job_parsers(commands, address_args: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -148,8 +148,15 @@ def test_submit_refuses_a_relative_or_doubled_run_dir(flags, message, jobs, caps
     assert message in capsys.readouterr().err and not jobs.submitted
 
 
-def test_submit_needs_a_kind_and_stage_data(jobs, capsys):
-    out = run_cli("submit", "steps=3")
-    assert out.returncode == 2 and "train, sft, rm, dpo, demo" in out.stderr
+def test_submit_without_a_kind_submits_train_and_stages_need_data(jobs, capsys):
+    """`submit CONFIG k=v` (the form from before other kinds could be submitted) still submits `train`."""
+    assert main(["submit", "steps=3", "--run-dir", "/r/a", "--python", jobs.python]) == 0
+    assert jobs.submitted[-1]["metadata"]["rlhf_dist_kind"] == "train"
+    assert main(["submit", "--address", "http://127.0.0.1:8265", "steps=2", "--run-dir", "/r/b",
+                 "--python", jobs.python]) == 0
+    assert jobs.submitted[-1]["metadata"]["rlhf_dist_kind"] == "train"
+    assert main(["submit", "sft", "data.path=/d.jsonl", "--run-dir", "/r/c", "--python", jobs.python]) == 0
+    assert jobs.submitted[-1]["metadata"]["rlhf_dist_kind"] == "sft"
+    jobs.submitted.clear()
     assert main(["submit", "rm", "--run-dir", "/r"]) == 2
     assert "a submitted stage needs data.path" in capsys.readouterr().err and not jobs.submitted
