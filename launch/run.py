@@ -109,6 +109,7 @@ def train(
         abandon_newer(run_dir, checkpoint)
 
     from launch.roles import build_roles, start_ray, stop_roles
+    from launch.storage import check_shared_run_dir
     from rlhf_dist.driver import Driver
     from rlhf_dist.remote import gather
 
@@ -120,6 +121,7 @@ def train(
         started_ray, roles = False, None
         try:
             started_ray = start_ray(cfg)
+            check_shared_run_dir(run_dir)  # several nodes: every one must see the run dir
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its GPUs' memory is known only now
                 from launch.cluster import live_nodes, with_gpu_memory
                 from launch.preflight import memory_check

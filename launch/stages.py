@@ -35,6 +35,7 @@ def run_stage(
     from launch.preflight import preflight_stage
     from launch.roles import release, start_ray_cpus, stop_roles
     from launch.run import prepare_run_dir, resolve_model_path
+    from launch.storage import check_shared_run_dir
     from rlhf_dist.metrics import MetricsLogger
     from rlhf_dist.models import load_tokenizer
 
@@ -61,6 +62,7 @@ def run_stage(
         started, workers, groups = False, [], {}
         try:
             started = start_ray_cpus(required_cpus(cfg))
+            check_shared_run_dir(run_dir)  # several nodes: every one must see the run dir
             workers, groups = start_stage_world(kind, cfg, model_path, tokenizer.pad_token_id)
             with MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard, progress=False,
                                wandb=cfg.logging.wandb, config=cfg.model_dump(mode="json")) as metrics:

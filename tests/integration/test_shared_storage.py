@@ -90,3 +90,20 @@ def test_a_dir_one_node_does_not_see_is_refused_naming_it(cluster):
 def test_a_relative_dir_is_refused_on_several_nodes(cluster):
     with pytest.raises(UserError, match="'runs/x' is relative, and this Ray cluster has 3 nodes"):
         check_shared_run_dir(Path("runs/x"))
+
+
+def test_a_stage_on_an_unshared_dir_stops_before_any_rank_starts(cluster, monkeypatch):
+    """The launcher runs the check after joining the cluster and before it starts any actor."""
+    from launch.stages import run_stage
+    from rlhf_dist.config.stages import StageConfig
+    from rlhf_dist.synthetic import demonstrations
+
+    monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    run_dir = cluster / "node-local" / "sft"
+    cfg = StageConfig(logging={"tensorboard": False}, epochs=1, learner={"num_workers": 1})
+    with pytest.raises(UserError, match=f"run dir {run_dir} is not shared by all 3 nodes"):
+        run_stage("sft", cfg, run_dir, rows=demonstrations(32, seed=0))
+    assert ray.is_initialized(), "joined, not started: the cluster lives on"
+    from ray.util.state import list_actors
+
+    assert not [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if (a.name or "").startswith("sft-")]
