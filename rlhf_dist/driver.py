@@ -209,16 +209,18 @@ class Driver:
         tokens = sum(r.pop("num_tokens") for r in per_rank)
         abs_diff = sum(r.pop("logprob_abs_diff_sum") for r in per_rank)
         diff_max = max(r.pop("logprob_abs_diff_max") for r in per_rank)
-        importance = {}
+        reduced = {}
         if "is_tokens" in per_rank[0]:  # importance weights: token-weighted over ranks
             is_tokens = max(sum(r.pop("is_tokens") for r in per_rank), 1.0)
-            importance["is/weight_mean"] = sum(r.pop("is_weight_sum") for r in per_rank) / is_tokens
-            importance["is/clipped_frac"] = sum(r.pop("is_clipped_sum") for r in per_rank) / is_tokens
-            importance["is/weight_max"] = max(r.pop("is_weight_max") for r in per_rank)
+            reduced["is/weight_mean"] = sum(r.pop("is_weight_sum") for r in per_rank) / is_tokens
+            reduced["is/clipped_frac"] = sum(r.pop("is_clipped_sum") for r in per_rank) / is_tokens
+            reduced["is/weight_max"] = max(r.pop("is_weight_max") for r in per_rank)
+        if "memory_peak_bytes" in per_rank[0]:  # GPU learners: the largest rank's peak allocation
+            reduced["memory/learner_peak_gib"] = max(r.pop("memory_peak_bytes") for r in per_rank) / 2**30
         stats = {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
         stats["rollout/logprob_abs_diff"] = abs_diff / max(tokens, 1.0)
         stats["rollout/logprob_abs_diff_max"] = diff_max
-        return {**stats, **importance}
+        return {**stats, **reduced}
 
     def sync_weights(self) -> dict[str, float]:
         """Send the trained weights to the generators as the next policy version."""
@@ -346,6 +348,7 @@ class Driver:
         record["timing/overhead_frac"] = self.overhead_fraction(started, step_time)
         record["kl/coef"] = self.state.kl_ctl.value
         record["rollout/response_len_mean"] = float(exp.response_mask.sum(-1).mean())
+        record["rollout/prompt_len_mean"] = float(exp.prompt_mask.sum(-1).float().mean())
         sampling = self.cfg.rollout.sampling
         record["rollout/truncated_sampling"] = float(sampling.top_p < 1.0 or sampling.top_k > 0)
         record["throughput/tokens_per_s"] = exp.num_response_tokens / max(step_time, 1e-9)

@@ -169,6 +169,8 @@ class Learner:
         result["logprob_abs_diff_sum"] = float(diff.sum())
         result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
         result["num_tokens"] = float(mask.sum())
+        if self.device.type == "cuda":  # since the process began: the engine, the passes, this step
+            result["memory_peak_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
         if self.is_correction != "none":  # sums and a max, for the driver to reduce over ranks
             loss_tokens = float(shard.loss_mask.sum())
             result["is_weight_sum"] = float(is_stats["weight_mean"]) * loss_tokens
