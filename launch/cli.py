@@ -180,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="plan for nodes written out, e.g. head:8:0,gpu1:32:8:80 (GPU_GIB: memory per GPU, default 80)")
     plan.set_defaults(handler=_plan)
 
+    from launch.plot_cli import add_plot_parser
     from launch.submit_cli import add_job_parsers
 
     add_job_parsers(commands, _address_args)  # submit KIND, status, logs, stop
+    add_plot_parser(commands)  # plot RUN_DIR [RUN_DIR ...] [-o FILE]
 
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"

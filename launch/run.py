@@ -157,6 +157,9 @@ def train(
             stop_roles(roles, started_ray)
     records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
     print(summary_table(records))
+    from rlhf_dist.plots import write_run_curves
+
+    write_run_curves(run_dir, records)  # RUN_DIR/curves.png; a drawing problem is a warning, never a failed run
     print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
     return RunResult(run_dir, records, final_dir)
 
