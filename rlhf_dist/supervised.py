@@ -8,6 +8,7 @@ whole world whatever its size.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field
