@@ -84,6 +84,13 @@ def _spawned(rank: int, world: int, port: int, stage: int, dtype: str, lora: boo
     result = measure(rank, world, port, stage, dtype, lora)
     with open(f"{out}/{rank}.json", "w") as f:
         json.dump(result, f)
+    # Leave together, and skip the interpreter's teardown: a rank exiting while gloo's (or ZeRO-3's)
+    # threads still run in the other aborted with "terminate called without an active exception".
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
 
 
 def _run(stage: int, dtype: str, world: int, lora: bool, tmp_path) -> dict[str, int]:
