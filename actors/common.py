@@ -83,6 +83,10 @@ KNOWN_NOISE = (
     "is not found in LD_PRELOAD",
     "doesn't allow to use `torch.set_num_threads`",
     "sleep mode is not supported",
+    # vLLM's CPU build sets its Mamba cache dtype at start-up, for any model: ours have no SSM layers.
+    "Reset SSM cache type to float32",
+    # Ray at submit: `.venv` is left out of the job's package, as our excludes already ask.
+    "is now ignored by default when packaging the working directory",
     # Deprecations inside the libraries' own calls.
     "is deprecated, please use",
     "is deprecated. Please use",

@@ -180,11 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="plan for nodes written out, e.g. head:8:0,gpu1:32:8:80 (GPU_GIB: memory per GPU, default 80)")
     plan.set_defaults(handler=_plan)
 
+    from launch.monitor import add_monitor_parser
     from launch.plot_cli import add_plot_parser
     from launch.submit_cli import add_job_parsers
 
     add_job_parsers(commands, _address_args)  # submit KIND, status, logs, stop
     add_plot_parser(commands)  # plot RUN_DIR [RUN_DIR ...] [-o FILE]
+    add_monitor_parser(commands)  # monitor [--address URL]: our Grafana dashboard, Prometheus
 
     tiny = commands.add_parser(
         "make-tiny", help="write a tiny random-init policy, reward model and tokenizer (no download)"

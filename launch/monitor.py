@@ -1,0 +1,197 @@
+"""`rlhf-dist monitor`: on the head node, put our Grafana dashboard beside Ray's and start Prometheus.
+
+Ray writes, into its session directory on the head, a Prometheus config that scrapes every node
+(`metrics/prometheus/prometheus.yml`) and a Grafana provisioning tree whose dashboards folder Grafana
+loads (`metrics/grafana/`). Our dashboard goes into that folder; Prometheus is started with Ray's
+config when a `prometheus` binary is on the PATH (otherwise the command is printed); the Grafana
+command and the settings that make the Ray dashboard's Metrics tab live are printed. Ctrl-C stops
+what this command started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf_dist.errors import UserError
+
+MONITOR_EXAMPLES = """examples:
+  ray start --head --metrics-export-port=8080 --dashboard-host=0.0.0.0
+  rlhf-dist monitor                                    # the newest session under /tmp/ray
+  rlhf-dist monitor --address http://127.0.0.1:8265    # the session of the head serving that dashboard
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    """The parts of a Ray head's session directory that monitoring uses."""
+
+    path: Path
+    prometheus_config: Path  # Ray's scrape config of every node's metrics agent
+    grafana_ini: Path  # Ray's Grafana config (provisioning, anonymous viewer, embedding)
+    dashboards: Path  # the folder Ray's Grafana provisioning loads dashboards from
+
+    @classmethod
+    def find(cls, path: Path) -> Session:
+        metrics = path / "metrics"
+        provisioning = metrics / "grafana" / "provisioning" / "dashboards" / "default.yml"
+        if not provisioning.is_file():
+            raise UserError(
+                f"{path} holds no Grafana provisioning of Ray's ({provisioning} is missing); is it the session "
+                "directory of a running head? Start the head with a metrics port (`ray start --head "
+                "--metrics-export-port=8080`) and run this command on it, or name the session with --session-dir"
+            )
+        return cls(path, metrics / "prometheus" / "prometheus.yml", metrics / "grafana" / "grafana.ini",
+                   _dashboards_folder(provisioning))
+
+
+def _dashboards_folder(provisioning: Path) -> Path:
+    import yaml
+
+    providers = (yaml.safe_load(provisioning.read_text()) or {}).get("providers") or []
+    for provider in providers:
+        folder = (provider.get("options") or {}).get("path")
+        if folder:
+            return Path(folder)
+    raise UserError(f"{provisioning} names no dashboards folder; is it Ray's provisioning file?")
+
+
+def session_dir(address: str | None, temp_dir: str | None, token: str | None = None) -> Path:
+    """The head's session directory: the one its dashboard names (--address), else the newest one."""
+    roots = [Path(temp_dir)] if temp_dir else [Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray", Path("/tmp/ray")]
+    if address is None:
+        for root in roots:
+            if (root / "session_latest").exists():
+                return (root / "session_latest").resolve()
+        raise UserError(
+            f"no Ray session under {' or '.join(map(str, dict.fromkeys(roots)))}; run this on the head node "
+            "after `ray start --head --metrics-export-port=8080`, or give --temp-dir as passed to `ray start`"
+        )
+    name = _session_name(address, token)
+    for root in roots:
+        if (root / name).is_dir():
+            return root / name
+    raise UserError(
+        f"the head at {address} runs session {name}, which is not under {' or '.join(map(str, dict.fromkeys(roots)))} "
+        "on this machine: run `rlhf-dist monitor` on the head node (give --temp-dir if `ray start` had one)"
+    )
+
+
+def _session_name(address: str, token: str | None) -> str:
+    from launch.jobs import auth_headers
+
+    request = urllib.request.Request(f"{address.rstrip('/')}/api/version", headers=auth_headers(token) or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read())["session_name"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read the session of the head at {address}: {exc}; is its dashboard there?") from None
+
+
+def install_dashboard(session: Session) -> Path:
+    """Write our dashboard into Ray's provisioned folder (replacing only our own earlier copy)."""
+    from rlhf_dist.grafana import FILENAME, dashboard_json
+
+    session.dashboards.mkdir(parents=True, exist_ok=True)
+    target = session.dashboards / FILENAME
+    partial = target.with_suffix(".partial")
+    partial.write_text(dashboard_json())
+    partial.replace(target)
+    return target
+
+
+def prometheus_command(session: Session, host: str, port: int) -> list[str]:
+    return ["prometheus", f"--config.file={session.prometheus_config}",
+            f"--storage.tsdb.path={session.path / 'metrics' / 'prometheus' / 'data'}",
+            f"--web.listen-address={host}:{port}"]
+
+
+def grafana_command(session: Session) -> str:
+    return f"grafana server --config {session.grafana_ini} --homepath /usr/share/grafana web"
+
+
+def start_prometheus(command: list[str], log: Path, url: str, timeout: float = 60) -> subprocess.Popen:
+    """Start Prometheus, logging to ``log``; returns once it answers ``/-/ready``."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise UserError(f"prometheus exited with status {process.returncode}: {' | '.join(tail)} (log: {log})")
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                return process
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    process.terminate()
+    raise UserError(f"prometheus did not answer at {url} within {timeout:.0f} s (log: {log})")
+
+
+def add_monitor_parser(commands: argparse._SubParsersAction) -> None:
+    monitor = commands.add_parser(
+        "monitor", help="on the head: install our Grafana dashboard beside Ray's and start Prometheus",
+        description="Run on the head node. Installs the rlhf-dist Grafana dashboard into the head's session "
+        "(beside Ray's dashboards), starts Prometheus with Ray's scrape config if `prometheus` is on the PATH "
+        "(otherwise prints the command), and prints the Grafana command and the settings that make the Ray "
+        "dashboard's Metrics tab live. Ctrl-C stops the Prometheus it started.",
+        epilog=MONITOR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    monitor.add_argument("--address", default=None,
+                         help="the head's dashboard URL; its session is the one monitored (default: the newest session)")
+    monitor.add_argument("--token", default=None, help="Ray auth token (default: $RAY_AUTH_TOKEN)")
+    monitor.add_argument("--temp-dir", default=None, help="Ray's temp dir, as given to `ray start --temp-dir` (default: /tmp/ray)")
+    monitor.add_argument("--session-dir", default=None, help="the session directory itself (overrides --address and --temp-dir)")
+    monitor.add_argument("--prometheus-host", default="127.0.0.1",
+                         help="address Prometheus listens on (default: 127.0.0.1; 0.0.0.0 to reach it from elsewhere)")
+    monitor.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (default: 9090)")
+    monitor.add_argument("--no-prometheus", action="store_true", help="only install the dashboard and print the commands")
+    monitor.set_defaults(handler=_monitor)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    path = Path(args.session_dir) if args.session_dir else session_dir(args.address, args.temp_dir, args.token)
+    session = Session.find(path)
+    dashboard = install_dashboard(session)
+    print(f"session: {session.path}")
+    print(f"dashboard: {dashboard} (served by Grafana beside Ray's, folder 'Ray', title 'rlhf-dist')")
+    prometheus_url = f"http://{args.prometheus_host}:{args.prometheus_port}"
+    command = prometheus_command(session, args.prometheus_host, args.prometheus_port)
+    process = None
+    if args.no_prometheus or shutil.which("prometheus") is None:
+        reason = "as asked" if args.no_prometheus else "no `prometheus` on the PATH (Debian: apt-get install prometheus)"
+        print(f"prometheus: not started, {reason}; start it with:\n  {shlex.join(command)}")
+    else:
+        process = start_prometheus(command, session.path / "logs" / "rlhf-dist-prometheus.log", prometheus_url)
+        print(f"prometheus: {prometheus_url} (pid {process.pid}), scraping every node with {session.prometheus_config}")
+    print(f"grafana: start it on this node with\n  {grafana_command(session)}")
+    print("ray dashboard: for its Metrics tab, start the head with these set (they are read at `ray start`):\n"
+          f"  RAY_PROMETHEUS_HOST={prometheus_url} RAY_GRAFANA_HOST=http://127.0.0.1:3000 "
+          "(and RAY_GRAFANA_IFRAME_HOST=http://HEAD:3000 if the browser is on another machine)")
+    print("our panels: http://127.0.0.1:3000/d/rlhf-dist/rlhf-dist (pick the run at the top)")
+    if process is None:
+        return 0
+    print("Ctrl-C stops prometheus", flush=True)
+    try:
+        process.wait()
+        raise UserError(f"prometheus exited with status {process.returncode} (log: {session.path / 'logs'})")
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how this command is meant to end
+        return 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            print("prometheus stopped")
