@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rlhf-dist-installed
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit install clean-venv
+.PHONY: run test test-unit install clean-venv system-tools
 
 install: $(STAMP)
 
@@ -26,8 +26,21 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(VENV)/bin/rlhf-dist train
 
-test: $(STAMP)
+test: $(STAMP) system-tools
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The monitoring tests use Debian's Prometheus and Chromium. As root with apt-get they are installed
+# here; elsewhere (or if apt fails) those tests skip and say why.
+system-tools:
+	@missing=""; for tool in prometheus chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian) for the monitoring tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get install -y -qq $$missing || { apt-get update -qq && apt-get install -y -qq $$missing; }; } >/dev/null 2>&1 \
+	      || echo "could not install$$missing; the tests that need them will skip"; \
+	  else echo "no$$missing and not root with apt-get: the monitoring tests that need them will skip"; fi; \
+	fi
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
