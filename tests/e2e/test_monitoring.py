@@ -175,9 +175,16 @@ def test_dashboard_in_a_real_browser(monitored_run):
             page.screenshot(path=ARTIFACTS / "actors.png", full_page=True)
             body = page.inner_text("body")
             assert all(role in body for role in ROLES), [r for r in ROLES if r not in body]
+
+            # Prometheus's own graph page draws a panel's query for the run (what Grafana's panel shows).
+            expr = grafana.series("reward/gold_mean").replace("$run", "tiny")
+            graph = urllib.parse.urlencode({"g0.expr": expr, "g0.tab": 0, "g0.range_input": "15m"})
+            page.goto(f"{monitored_run['prometheus']}/graph?{graph}")
+            page.get_by_text('run="tiny"').first.wait_for(timeout=60_000)  # the legend names the run's series
+            page.screenshot(path=ARTIFACTS / "prometheus.png")
         finally:
             browser.close()
-    assert (ARTIFACTS / "job.png").stat().st_size > 10_000 and (ARTIFACTS / "actors.png").stat().st_size > 10_000
+    assert all((ARTIFACTS / f"{name}.png").stat().st_size > 10_000 for name in ("job", "actors", "prometheus"))
 
 
 def test_ctrl_c_stops_the_prometheus_it_started(monitored_run):
