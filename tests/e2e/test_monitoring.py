@@ -71,8 +71,8 @@ def monitored_run(tmp_path_factory):
          "--prometheus-port", str(prom_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
+    said = []
     try:
-        said = []
         for line in monitor.stdout:  # until Prometheus answers
             said.append(line)
             if line.startswith("Ctrl-C stops prometheus"):
@@ -94,6 +94,12 @@ def monitored_run(tmp_path_factory):
     finally:
         if monitor.poll() is None:
             monitor.kill()
+        started = re.search(r"\(pid (\d+)\)", "".join(said))  # Prometheus runs in its own session
+        if started:
+            try:
+                os.kill(int(started.group(1)), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
