@@ -69,12 +69,14 @@ def _dashboards_folder(provisioning: Path) -> Path:
 def session_dir(address: str | None, temp_dir: str | None, token: str | None = None) -> Path:
     """The head's session directory: the one its dashboard names (--address), else the newest one."""
     roots = [Path(temp_dir)] if temp_dir else [Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray", Path("/tmp/ray")]
+    roots = list(dict.fromkeys(roots))
+    where = " or ".join(map(str, roots))
     if address is None:
         for root in roots:
             if (root / "session_latest").exists():
                 return (root / "session_latest").resolve()
         raise UserError(
-            f"no Ray session under {' or '.join(map(str, dict.fromkeys(roots)))}; run this on the head node "
+            f"no Ray session under {where}; run this on the head node "
             "after `ray start --head --metrics-export-port=8080`, or give --temp-dir as passed to `ray start`"
         )
     name = _session_name(address, token)
@@ -82,7 +84,7 @@ def session_dir(address: str | None, temp_dir: str | None, token: str | None = N
         if (root / name).is_dir():
             return root / name
     raise UserError(
-        f"the head at {address} runs session {name}, which is not under {' or '.join(map(str, dict.fromkeys(roots)))} "
+        f"the head at {address} runs session {name}, which is not under {where} "
         "on this machine: run `rlhf-dist monitor` on the head node (give --temp-dir if `ray start` had one)"
     )
 

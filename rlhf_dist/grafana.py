@@ -111,6 +111,9 @@ PANELS: tuple[Panel, ...] = (
 )
 
 
+_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}  # the dashboard's data-source variable
+
+
 def queries() -> list[str]:
     """Every PromQL expression of the dashboard, in panel order."""
     return [q.expr for panel in PANELS for q in panel.queries]
@@ -149,9 +152,6 @@ def dashboard() -> dict:
 
 def dashboard_json() -> str:
     return json.dumps(dashboard(), indent=2) + "\n"
-
-
-_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def _panel_json(pid: int, panel: Panel, x: int, y: int) -> dict:

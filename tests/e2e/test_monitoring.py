@@ -38,6 +38,10 @@ ROLES = ("rollout-0", "reward-0", "reference-0", "learner-0", "learner-1")
 RUN_ARGS = ("steps=12", "rollout.async_steps=1", "eval.every=3", "eval.holdout=16", "eval.max_prompts=16",
             "eval.samples_per_prompt=1", "logging.samples_every=0", "checkpoint.every=0")
 
+# Records of Ray, vLLM, DeepSpeed or transformers: a timestamp or level first, or Ray's actor prefix.
+THIRD_PARTY = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\[\d{4}-\d\d-\d\d|(INFO|WARNING|ERROR|DEBUG)[ :]|\(\w+ pid=|"
+                         r"Running entrypoint for job)")
+
 
 def cli(*args, env, timeout=300):
     return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=timeout)
@@ -144,11 +148,6 @@ def test_driver_log_is_ours(monitored_run):
     assert len(foreign) <= 0.1 * len(lines), foreign
     text = monitored_run["logs"]
     assert "learners ready" in text and "step 12/12" in text and "outputs:" in text
-
-
-# Records of Ray, vLLM, DeepSpeed or transformers: a timestamp or level first, or Ray's actor prefix.
-THIRD_PARTY = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\[\d{4}-\d\d-\d\d|(INFO|WARNING|ERROR|DEBUG)[ :]|\(\w+ pid=|"
-                         r"Running entrypoint for job)")
 
 
 def test_dashboard_in_a_real_browser(monitored_run):
