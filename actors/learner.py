@@ -5,12 +5,13 @@ from __future__ import annotations
 import ray
 import torch
 
-from actors.common import ComputeClock, computing
+from actors.shell import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
-from rlhf_dist.learner import Learner as LearnerCore
-from rlhf_dist.sync_transport import LearnerRoute
-from rlhf_dist.weight_sync import Bucket, WeightLayout, free_port, node_ip
+from rlhf_dist.learner.rank import Learner as LearnerCore
+from rlhf_dist.weight_sync.buckets import Bucket, WeightLayout
+from rlhf_dist.weight_sync.group import free_port, node_ip
+from rlhf_dist.weight_sync.transports import LearnerRoute
 
 
 @ray.remote

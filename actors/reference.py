@@ -5,10 +5,10 @@ from __future__ import annotations
 import ray
 import torch
 
-from actors.common import ComputeClock, computing
+from actors.shell import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
-from rlhf_dist.reference import ReferenceModel
+from rlhf_dist.models.reference import ReferenceModel
 
 
 @ray.remote

@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ComputeClock, computing
+from actors.shell import ComputeClock, computing
 from rlhf_dist.config.schema import RewardConfig
 from rlhf_dist.rewards import CompositeReward, RewardResult
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ray
 
-from actors.common import ComputeClock, computing
+from actors.shell import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
-from rlhf_dist.rollout import Request, Sample, make_engine
-from rlhf_dist.sync_transport import GeneratorRoute
-from rlhf_dist.weight_sync import SyncReceipt, WeightLayout
+from rlhf_dist.rollout.engines import make_engine
+from rlhf_dist.rollout.requests import Request, Sample
+from rlhf_dist.weight_sync.buckets import WeightLayout
+from rlhf_dist.weight_sync.controller import SyncReceipt
+from rlhf_dist.weight_sync.transports import GeneratorRoute
 
 
 @ray.remote

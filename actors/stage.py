@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ray
 
-from actors.common import ComputeClock, computing
+from actors.shell import ComputeClock, computing
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.stages import StageTrainer
-from rlhf_dist.weight_sync import free_port, node_ip
+from rlhf_dist.stages.trainer import StageTrainer
+from rlhf_dist.weight_sync.group import free_port, node_ip
 
 
 @ray.remote

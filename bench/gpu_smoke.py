@@ -38,7 +38,7 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlhf_dist.tiny import CHAT_TEMPLATE, train_tokenizer
+    from rlhf_dist.models.tiny import CHAT_TEMPLATE, train_tokenizer
 
     path = out / "qwen2-0.5b-shape"
     if (path / "config.json").exists():
@@ -80,9 +80,9 @@ def main() -> int:
     from launch.cluster import local_nodes
     from launch.run import train
     from rlhf_dist.config import load_config
-    from rlhf_dist.memory import GIB, learner_estimate, model_shape
-    from rlhf_dist.memory_plan import memory_table, plan_memory
-    from rlhf_dist.placement import plan_placement
+    from rlhf_dist.planning.memory_formulas import GIB, learner_estimate, model_shape
+    from rlhf_dist.planning.memory_plan import memory_table, plan_memory
+    from rlhf_dist.planning.placement import plan_placement
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ allocation and free; the peak is the largest sum of live bytes allocated during 
 checkpointing lowers that peak by at least 30% (exit status 1 otherwise).
 
 ``--deepspeed`` also reports, for information, the peak RSS of a one-rank DeepSpeed learner
-(`rlhf_dist.learner.Learner`, ZeRO-2, gloo) that runs one `train()` on the same shapes, each
+(`rlhf_dist.learner.rank.Learner`, ZeRO-2, gloo) that runs one `train()` on the same shapes, each
 setting in a fresh process. RSS counts everything the process ever held (Python, DeepSpeed,
 weights, optimizer state, allocator slack), so the difference is smaller than the bench's.
 """
@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rlhf_dist.algorithms import ppo_policy_loss  # noqa: E402
-from rlhf_dist.models import enable_gradient_checkpointing, load_causal_lm, response_logprobs  # noqa: E402
+from rlhf_dist.models.loading import enable_gradient_checkpointing, load_causal_lm
+from rlhf_dist.models.sequences import response_logprobs  # noqa: E402
 
 PROMPT_TOKENS = 64
 TARGET = 0.30
@@ -118,8 +119,8 @@ def learner_child(model_dir: str, checkpointing: bool, args) -> None:
     """Run in a fresh process: one train() of a one-rank DeepSpeed learner; print its peak RSS."""
     from rlhf_dist.config import load_config
     from rlhf_dist.experience import Experience
-    from rlhf_dist.learner import Learner
-    from rlhf_dist.weight_sync import free_port
+    from rlhf_dist.learner.rank import Learner
+    from rlhf_dist.weight_sync.group import free_port
 
     cfg = load_config(None, [
         "learner.num_workers=1", f"learner.micro_batch_size={args.batch}", f"learner.mini_batch_size={args.batch}",

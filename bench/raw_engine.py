@@ -3,7 +3,7 @@
     python bench/raw_engine.py --model RUN_DIR/tiny-model/policy --out times.json [--steps N] [--warmup W] [key=value ...]
 
 `step_breakdown.py --compare` runs this in a process of its own, with the environment our actors
-get (one torch thread: actors/common.py ACTOR_ENV), after the on-policy run, on the tiny model that
+get (one torch thread: actors/shell.py ACTOR_ENV), after the on-policy run, on the tiny model that
 run built. For every step it rebuilds the requests the run sent (the same prompts, drawn by the
 same sampler, the same per-request seeds; prompts_per_step x samples_per_prompt of them) and times
 them, one call per step, on each of:
@@ -42,15 +42,17 @@ import torch
 from launch.run import load_run_prompts
 from rlhf_dist.config import RunConfig, load_config
 from rlhf_dist.data import PromptSampler
-from rlhf_dist.models import load_tokenizer
-from rlhf_dist.rollout import HFEngine, Request, VLLMEngine, request_seed
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.rollout.hf_engine import HFEngine
+from rlhf_dist.rollout.requests import Request, request_seed
+from rlhf_dist.rollout.vllm_engine import VLLMEngine
 
 Call = Callable[[list[Request]], int]  # one step's requests -> response tokens made
 ROUNDS = 2  # times each step's requests are sent to each engine
 
 
 def step_requests(cfg: RunConfig, model_path: str) -> list[list[Request]]:
-    """The requests of each step of an on-policy run of ``cfg`` (as rlhf_dist/pipeline.py builds
+    """The requests of each step of an on-policy run of ``cfg`` (as rlhf_dist/driver/batch_producer.py builds
     them): the sampler's prompts for the step, ``samples_per_prompt`` seeded requests each."""
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
     prompts, _ = load_run_prompts(cfg, tokenizer)
@@ -136,9 +138,9 @@ def through_ray(model_path: str, cfg: RunConfig) -> tuple[Call, int]:
     actor process's niceness (Ray starts its workers at ``worker_niceness``, 15 by default)."""
     import ray
 
-    from actors.common import actor_env
     from actors.rollout import RolloutWorker
-    from rlhf_dist.remote import generate_on
+    from actors.shell import actor_env
+    from rlhf_dist.driver.remote_calls import generate_on
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": actor_env()})

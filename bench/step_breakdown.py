@@ -30,7 +30,7 @@ from statistics import mean, median
 
 from launch.run import train
 from rlhf_dist.config import RunConfig, load_config
-from rlhf_dist.driver import PHASES
+from rlhf_dist.driver.loop import PHASES
 
 VARIANTS = (
     ("on-policy", []),
@@ -129,7 +129,7 @@ def _cell(value: tuple[float, str] | None) -> str:
 def time_raw_engines(model: str, steps: int, warmup: int, overrides: list[str], out: Path) -> dict | None:
     """bench/raw_engine.py in a process of its own, with the environment our actors get (one
     torch thread); its timings, or None (and the end of its output) when it failed."""
-    from actors.common import actor_env
+    from actors.shell import actor_env
 
     env = {**os.environ, **actor_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     cmd = [sys.executable, str(Path(__file__).with_name("raw_engine.py")), "--model", model, "--out", str(out),

@@ -4,7 +4,7 @@
 
 Two processes on this machine: rank 0 sends a synthetic fp32 "model" of 4 MB tensors in buckets,
 rank 1 receives and checksums them, as a generator does. Prints MB/s per bucket size; the default
-bucket size in rlhf_dist/weight_sync.py was picked from this.
+bucket size in rlhf_dist/weight_sync/controller.py was picked from this.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from rlhf_dist.weight_sync import SyncGroup, TensorMeta, checksum, free_port, plan_buckets
+from rlhf_dist.weight_sync.buckets import TensorMeta, checksum, plan_buckets
+from rlhf_dist.weight_sync.group import SyncGroup, free_port
 
 SIZES_MB = (1, 4, 8, 16, 32, 128)
 

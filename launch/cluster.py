@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import os
 
+from launch.ray_auth import auth_headers
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.errors import UserError
-from rlhf_dist.placement import NodeResources
+from rlhf_dist.planning.memory_formulas import DEFAULT_GPU_GIB
+from rlhf_dist.planning.placement import NodeResources
 
 HEAD_RESOURCE = "node:__internal_head__"
 
@@ -67,7 +69,6 @@ def state_api_nodes(address: str, token: str | None = None) -> list[NodeResource
     from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
-    from launch.jobs import auth_headers
 
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address {address!r} must be the dashboard URL, e.g. http://127.0.0.1:8265")
@@ -118,8 +119,6 @@ def required_cpus(cfg: RunConfig | StageConfig) -> float:
 def parse_nodes(spec: str) -> list[NodeResources]:
     """``NAME:CPUS:GPUS[:GPU_GIB][,...]`` (e.g. ``head:8:0,gpu1:32:8:40``) -> nodes, for dry runs; GPU_GIB,
     the memory of each GPU, defaults to 80."""
-    from rlhf_dist.memory import DEFAULT_GPU_GIB
-
     nodes = []
     for item in spec.split(","):
         parts = item.strip().split(":")

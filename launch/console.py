@@ -3,15 +3,15 @@ what Ray, vLLM, DeepSpeed, transformers and torch print goes to ``RUN_DIR/logs/`
 
 What reaches the terminal (unless ``--verbose``):
 - one line per startup phase with its time (`phase`): ``starting Ray (5.1 s)``;
-- the step lines or the progress bar, eval and checkpoint notes, the summary (`rlhf_dist.metrics`);
+- the step lines or the progress bar, eval and checkpoint notes, the summary (`rlhf_dist.metrics.logger`);
 - our warnings, as ``rlhf-dist: warning: ...``, from this process and from the actors;
-- a third-party record at WARNING or above that is not known noise (`actors.common.KNOWN_NOISE`),
+- a third-party record at WARNING or above that is not known noise (`actors.log_relay.KNOWN_NOISE`),
   once, as ``rlhf-dist: warning: <library> in <process>: <its first line>``.
 
 Where the rest goes, inside `logs_to(run_dir)`:
 - ``logs/driver.log``: this process's library logging (records logged before the run directory
   existed are kept in memory and written there first);
-- ``logs/<actor>.log``: each actor's whole stdout and stderr (`actor_runtime_env`, `actors.common`);
+- ``logs/<actor>.log``: each actor's whole stdout and stderr (`actor_runtime_env`, `actors.shell`);
 - ``logs/warnings.jsonl``: the warnings the actors pass up, which a thread here prints once each.
 
 ``--verbose`` (`begin`) turns all of this off: every library prints to the terminal as it would.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from actors.common import LOG_FILE_ENV, RELAY_FILE_ENV, WarningRelay, is_ours
+from actors.log_relay import LOG_FILE_ENV, RELAY_FILE_ENV, WarningRelay, is_ours
 
 PREFIX = "rlhf-dist"
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143

@@ -21,8 +21,8 @@ from launch.run import prepare_run_dir, train
 from launch.stages import run_stage
 from rlhf_dist.config import load_config
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.synthetic import arithmetic_rows, arithmetic_split
-from rlhf_dist.tiny import make_tiny
+from rlhf_dist.data.synthetic import arithmetic_rows, arithmetic_split
+from rlhf_dist.models.tiny import make_tiny
 
 
 @dataclass(frozen=True)

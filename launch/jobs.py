@@ -15,12 +15,13 @@ keeps it (or the expression the cluster resolves) for `status` and `logs`.
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from launch.preflight import preflight_submit
+from launch.ray_auth import auth_headers
 from launch.storage import STORAGE_ENV
 from rlhf_dist.config import dump_config
 from rlhf_dist.errors import UserError
@@ -102,23 +103,8 @@ def job_client(address: str, token: str | None = None):
         ) from None
 
 
-def auth_headers(token: str | None = None) -> dict[str, str] | None:
-    """The Bearer header for a head with token auth: --token, $RAY_AUTH_TOKEN or Ray's token file.
-    (A head without auth ignores it.)"""
-    token = token or os.environ.get("RAY_AUTH_TOKEN") or _token_file()
-    return {"Authorization": f"Bearer {token}"} if token else None
-
-
-def _token_file() -> str | None:
-    """Ray's token file (RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), where a local head keeps its token."""
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    return path.read_text().strip() if path.is_file() else None
-
-
 def submit(spec: JobSpec, cfg, address: str, token: str | None = None) -> str:
     """Check what can be checked here, then submit ``spec``; returns the job id."""
-    from launch.preflight import preflight_submit
-
     if cfg is not None:  # before the cluster sees it
         preflight_submit(cfg, PROJECT_DIR, [e for e in EXCLUDES if "*" not in e])
     client = job_client(address, token)

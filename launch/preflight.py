@@ -1,4 +1,4 @@
-"""The preflight of each command: the checks of `rlhf_dist.preflight` that apply to it, made in a
+"""The preflight of each command: the checks of `rlhf_dist.planning.machine_checks` that apply to it, made in a
 few seconds before Ray starts, so that a user error costs no cluster start-up.
 
 `train` and the stages check where they run. A local run also checks GPUs (an error) and cores (a
@@ -14,11 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+from launch.cluster import local_nodes, required_cpus
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import ModelConfig, RewardComponent
 from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.data.prompts import BUILTIN_PREFIX, builtin_prompts
+from rlhf_dist.data.reader import read_table
 from rlhf_dist.errors import UserError
-from rlhf_dist.preflight import (
+from rlhf_dist.planning.machine_checks import (
     ModelRef,
     data_path_problem,
     gpu_problem,
@@ -27,6 +30,9 @@ from rlhf_dist.preflight import (
     oversubscription_warning,
     python_function_problem,
 )
+from rlhf_dist.planning.memory_plan import MemoryPlanError, plan_memory, refusal
+from rlhf_dist.planning.placement import plan_placement
+from rlhf_dist.stages.stage_data import load_rows
 
 ROLES = ("rollout", "reward", "reference", "learner")
 
@@ -39,24 +45,19 @@ def preflight_train(cfg: RunConfig, force: bool = False) -> None:
     problems += [p for task in _builtin_tasks(cfg) if (p := _builtin_problem(task))]
     if _local():
         problems += _gpu_problems({f"placement.{r}.num_gpus": getattr(cfg.placement, r).num_gpus for r in ROLES})
-        from launch.run import required_cpus
 
         _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
     problems += model_problems(_models(cfg))
     _raise(problems)
     if _local():
-        from launch.cluster import local_nodes
-
         memory_check(cfg, lambda: local_nodes(cfg), force)
 
 
 def memory_check(cfg: RunConfig, nodes, force: bool = False) -> None:
     """Refuse, before any actor starts, a plan whose GPU bundle cannot hold its memory estimate
-    (rlhf_dist/memory_plan.py); ``nodes()`` gives the cluster, read only when a role asks for GPUs."""
+    (rlhf_dist/planning/memory_plan.py); ``nodes()`` gives the cluster, read only when a role asks for GPUs."""
     if not any(getattr(cfg.placement, r).num_gpus > 0 for r in ROLES):
         return
-    from rlhf_dist.memory_plan import MemoryPlanError, plan_memory, refusal
-    from rlhf_dist.placement import plan_placement
 
     problem = refusal(cfg, plan_memory(cfg, plan_placement(cfg, nodes())))
     if problem and not force:
@@ -66,8 +67,6 @@ def memory_check(cfg: RunConfig, nodes, force: bool = False) -> None:
 
 def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None:
     """`rlhf-dist sft|rm|dpo`; ``has_rows``: the rows come from the caller (the demo), not data.path."""
-    from rlhf_dist.stage_data import load_rows
-
     problems = []
     if not has_rows:
         if cfg.data.path is None:
@@ -115,8 +114,6 @@ def preflight_submit(cfg: RunConfig | StageConfig, project_dir: Path, shipped_wi
 
 def warn_local_plan(cfg: RunConfig) -> None:
     """`rlhf-dist plan` for this machine: the same warning a local train run gives."""
-    from launch.run import required_cpus
-
     _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
 
 
@@ -135,8 +132,6 @@ def _data_paths(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def _prompt_reader(cfg: RunConfig, path: str, key: str):
-    from rlhf_dist.data.reader import read_table
-
     return lambda: read_table(path, split=cfg.data.split, setting=key, what="prompts")
 
 
@@ -145,8 +140,6 @@ def _builtin_tasks(cfg: RunConfig) -> list[str]:
 
 
 def _builtin_problem(source: str) -> str | None:
-    from rlhf_dist.data.prompts import BUILTIN_PREFIX, builtin_prompts
-
     try:
         builtin_prompts(source[len(BUILTIN_PREFIX):], 1, 0)
     except UserError as exc:

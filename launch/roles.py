@@ -11,17 +11,18 @@ import ray
 from ray.util.placement_group import NODE_ID_LABEL_KEY, PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.common import actor_env
 from actors.learner import Learner
 from actors.reference import ReferenceActor
 from actors.reward import RewardScorer
 from actors.rollout import RolloutWorker
+from actors.shell import actor_env
 from launch import console
+from launch.cluster import live_nodes, required_cpus
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
+from rlhf_dist.driver.remote_calls import Roles, gather
 from rlhf_dist.errors import UserError
-from rlhf_dist.remote import Roles, gather
-from rlhf_dist.placement import Plan, PlacementError, plan_placement
+from rlhf_dist.planning.placement import PlacementError, Plan, plan_placement
 
 NAMESPACE = "rlhf-dist"
 PLACEMENT_TIMEOUT_S = 120.0
@@ -32,8 +33,6 @@ def start_ray(cfg: RunConfig) -> bool:
 
     Returns True when this call started Ray (so the caller shuts it down).
     """
-    from launch.cluster import required_cpus
-
     return start_ray_cpus(required_cpus(cfg))
 
 
@@ -153,8 +152,6 @@ def build_roles(cfg: RunConfig, model_path: str) -> tuple[Roles, tuple[str, int]
     """Plan placement on the live cluster (`PlacementError` before any actor starts when it cannot
     hold the run), reserve it, start every actor in its bundle and wait until all are up; returns
     the roles and the sync-group address."""
-    from launch.cluster import live_nodes
-
     plan = plan_placement(cfg, live_nodes())
     groups = reserve(plan)
     try:

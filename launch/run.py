@@ -9,10 +9,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.cluster import required_cpus  # noqa: F401  (launch/preflight.py reads it here)
-from rlhf_dist.config import RunConfig, dump_config
+from launch import console
+from launch.cluster import live_nodes, with_gpu_memory
+from launch.preflight import memory_check, preflight_train
+from launch.roles import build_roles, start_ray, stop_roles
+from launch.storage import check_shared_run_dir
+from rlhf_dist.checkpoints.files import checkpoint_dirs
+from rlhf_dist.checkpoints.run_dir import abandon_newer, claim_run_dir, resume_checkpoint
+from rlhf_dist.config import RunConfig, dump_config, load_config
 from rlhf_dist.config.schema import ModelConfig
+from rlhf_dist.data import load_prompts
+from rlhf_dist.driver.evaluation import split_holdout
+from rlhf_dist.driver.loop import Driver
+from rlhf_dist.driver.remote_calls import gather
 from rlhf_dist.errors import UserError
+from rlhf_dist.metrics.logger import MetricsError, MetricsLogger, read_metrics, summary_table
+from rlhf_dist.metrics.plots import write_run_curves
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.models.tiny import make_tiny, tiny_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +46,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def prepare_run_dir(run_dir: Path) -> Path:
     """Create and mark the run directory, or reuse one of ours with no completed step; refuse
-    anything else untouched (rlhf_dist/rundir.py)."""
-    from rlhf_dist.rundir import claim_run_dir
-
+    anything else untouched (rlhf_dist/checkpoints/run_dir.py)."""
     return claim_run_dir(run_dir)
 
 
@@ -49,8 +61,6 @@ def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path, resume: boo
         if model.path.startswith(("/", ".")) and not Path(model.path).exists():
             raise UserError(f"model.path {model.path!r} does not exist; point it at a Hugging Face model directory")
         return model.path
-    from launch import console
-    from rlhf_dist.tiny import make_tiny, tiny_mismatch
 
     built = run_dir / "tiny-model"
     if (built / "policy" / "config.json").exists():
@@ -69,8 +79,6 @@ def resolve_model_path(model: ModelConfig, seed: int, run_dir: Path, resume: boo
 
 def load_resume_config(run_dir: Path) -> RunConfig:
     """The config a run was started with, for ``--resume`` (contract: the saved config wins)."""
-    from rlhf_dist.config import load_config
-
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         raise UserError(f"--resume {str(run_dir)!r}: no config.yaml there; point --resume at the directory of a run")
@@ -84,13 +92,6 @@ def train(
     """Run training; with ``resume``, continue ``run_dir`` from its last complete checkpoint, or from
     ``resume_from`` (``step-N`` or a checkpoint directory), checked against its manifest (every
     file's hash with ``verify``). ``force`` starts a run whose memory plan does not fit."""
-    from launch.preflight import preflight_train
-    from rlhf_dist.metrics import MetricsLogger, read_metrics, summary_table
-    from rlhf_dist.models import load_tokenizer
-    from rlhf_dist.rundir import abandon_newer, resume_checkpoint
-
-    from launch import console
-
     preflight_train(cfg, force)  # user errors in seconds, before the run dir, a tiny model or Ray
     checkpoint = None
     if resume:
@@ -108,10 +109,6 @@ def train(
     elif resume_from is not None:  # the newer checkpoints leave the resume line (moved, not deleted)
         abandon_newer(run_dir, checkpoint)
 
-    from launch.roles import build_roles, start_ray, stop_roles
-    from launch.storage import check_shared_run_dir
-    from rlhf_dist.driver import Driver
-    from rlhf_dist.remote import gather
 
     took = console.since_begin()  # checks, the tiny model, the tokenizer and the prompts, since the command began
     made = ["tiny model"] * (cfg.model.path is None) + [f"{len(train_prompts)} training prompts"]
@@ -123,8 +120,6 @@ def train(
             started_ray = start_ray(cfg)
             check_shared_run_dir(run_dir)  # several nodes: every one must see the run dir
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its GPUs' memory is known only now
-                from launch.cluster import live_nodes, with_gpu_memory
-                from launch.preflight import memory_check
 
                 memory_check(cfg, lambda: with_gpu_memory(live_nodes()), force)
             roles, sync_address = build_roles(cfg, model_path)
@@ -157,7 +152,6 @@ def train(
             stop_roles(roles, started_ray)
     records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
     print(summary_table(records))
-    from rlhf_dist.plots import write_run_curves
 
     write_run_curves(run_dir, records)  # RUN_DIR/curves.png; a drawing problem is a warning, never a failed run
     print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
@@ -169,9 +163,6 @@ def stopped_line(cfg: RunConfig, run_dir: Path) -> str:
     command that continues from it."""
     import shlex
 
-    from launch import console
-    from rlhf_dist.checkpoint import checkpoint_dirs
-    from rlhf_dist.metrics import MetricsError, read_metrics
 
     try:
         rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
@@ -191,9 +182,6 @@ def stopped_line(cfg: RunConfig, run_dir: Path) -> str:
 def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list]:
     """The training prompts and the eval prompts (``eval.prompts``, or ``eval.holdout`` of them
     held out of data.prompts and never trained on)."""
-    from rlhf_dist.data import load_prompts
-    from rlhf_dist.evaluation import split_holdout
-
     train_prompts, eval_prompts = load_prompts(cfg.data, tokenizer, cfg.seed).prompts, []
     if cfg.eval.holdout:
         train_prompts, eval_prompts = split_holdout(train_prompts, cfg.eval.holdout, cfg.seed)

@@ -3,7 +3,7 @@
 Data is read and tokenised here, before any actor starts, so a bad row fails fast with its line
 number. The stage's DeepSpeed world is planned on the cluster's nodes and started by the launcher
 that starts the RL learners (launch/roles.py `start_world`); the loop itself is the library's
-(rlhf_dist/supervised.py). The model is written in Hugging Face format for the next stage.
+(rlhf_dist/stages/loop.py). The model is written in Hugging Face format for the next stage.
 """
 
 from __future__ import annotations
@@ -13,13 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.stage import StageWorker
 from launch import console
+from launch.cluster import live_nodes, required_cpus
+from launch.preflight import preflight_stage
+from launch.roles import release, reserve, start_ray_cpus, start_world, stop_roles
+from launch.run import prepare_run_dir, resolve_model_path
+from launch.storage import check_shared_run_dir
 from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.driver.remote_calls import gather
 from rlhf_dist.errors import UserError
-from rlhf_dist.remote import gather
-from rlhf_dist.stage_data import load_rows, preference_examples, sft_examples
-from rlhf_dist.supervised import StageResult, train_stage
+from rlhf_dist.metrics.logger import MetricsLogger
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.planning.placement import plan_world
+from rlhf_dist.stages.loop import StageResult, train_stage
+from rlhf_dist.stages.stage_data import load_rows, preference_examples, sft_examples
 
 
 def run_stage(
@@ -31,14 +40,6 @@ def run_stage(
 ) -> StageResult:
     """Train one stage; ``rows`` (already-read data, e.g. from the demo) replaces ``data.path``,
     and ``eval_rows``, when given, is the held-out set (all of ``rows`` then trains)."""
-    from launch.cluster import required_cpus
-    from launch.preflight import preflight_stage
-    from launch.roles import release, start_ray_cpus, stop_roles
-    from launch.run import prepare_run_dir, resolve_model_path
-    from launch.storage import check_shared_run_dir
-    from rlhf_dist.metrics import MetricsLogger
-    from rlhf_dist.models import load_tokenizer
-
     preflight_stage(kind, cfg, has_rows=rows is not None)  # user errors before the run dir, a tiny model or Ray
     run_dir = prepare_run_dir(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -88,11 +89,6 @@ def start_stage_world(kind: str, cfg: StageConfig, model_path: str, pad_id: int)
     """Plan the stage's ranks on the live cluster (`PlacementError` before any actor starts when
     it cannot hold them), reserve their bundles, start and set up every rank; returns the ranks
     and their placement groups (for `release`)."""
-    from actors.stage import StageWorker
-    from launch.cluster import live_nodes
-    from launch.roles import release, reserve, start_world
-    from rlhf_dist.placement import plan_world
-
     n = cfg.learner.num_workers
     started = time.perf_counter()
     plan = plan_world(n, cfg.placement.learner, cfg.placement.strategy, live_nodes())

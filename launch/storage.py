@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.cluster import live_nodes
 from rlhf_dist.errors import UserError
 
 PROBE_PREFIX = ".rlhf-dist-probe-"
@@ -104,8 +105,6 @@ def look_for_probe(path: str, content: str) -> tuple[bool, str]:
 
 def _alive_nodes() -> list[tuple[str, str]]:
     """(node id, name) of every alive node of the connected cluster."""
-    from launch.cluster import live_nodes
-
     return [(n.node_id, n.name) for n in live_nodes()]
 
 

@@ -27,7 +27,7 @@ class KLConfig(Section):
 
 
 class AlgorithmConfig(Section):
-    """Advantages (rlhf_dist/shaping.py), losses (rlhf_dist/learner.py), and the off-policy correction,
+    """Advantages (rlhf_dist/driver/shaping.py), losses (rlhf_dist/learner/rank.py), and the off-policy correction,
     dynamic sampling and overlong handling (rlhf_dist/algorithms/offpolicy.py)."""
 
     name: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = Field(

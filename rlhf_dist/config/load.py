@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rlhf_dist.config.schema import RunConfig
+from rlhf_dist.config.stages import StageConfig, validate_stage_config
+from rlhf_dist.config.validate import validate_config
 from rlhf_dist.errors import UserError
 
 DEFAULT_CONFIG_NAME = "tiny.yaml"
@@ -45,9 +47,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     Without a path a `RunConfig` starts from the embedded default run; other schemas (the
     supervised stages) start from their field defaults.
     """
-    from rlhf_dist.config.stages import StageConfig, validate_stage_config
-    from rlhf_dist.config.validate import validate_config
-
     source = str(path) if path is not None else ("the embedded default" if schema is RunConfig else None)
     if path is not None and str(path).startswith("env:"):
         raw = _yaml_from_env(str(path)[4:])

@@ -19,7 +19,7 @@ from rlhf_dist.config.section import Section
 class TinyModelConfig(Section):
     """Shape of the random-init model built when ``model.path`` is null (no download needed)."""
 
-    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the random-init model (rlhf_dist/tiny.py)")
+    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the random-init model (rlhf_dist/models/tiny.py)")
     hidden_size: int = Field(128, ge=32, description="num_heads * 64: vLLM's CPU attention needs head_dim 64")
     num_layers: int = Field(2, ge=1, le=64, description="decoder layers")
     num_heads: int = Field(2, ge=1, description="attention heads (as many key/value heads)")
@@ -165,7 +165,7 @@ class ReferenceConfig(Section):
 
 
 class LoraConfig(Section):
-    """LoRA adapters (peft), built in rlhf_dist/distributed.py ``with_lora``. With LoRA on, weight sync
+    """LoRA adapters (peft), built in rlhf_dist/learner/engine.py ``with_lora``. With LoRA on, weight sync
     sends only the adapter tensors; vLLM serves them as a LoRA adapter, the hf engine through peft."""
 
     enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
@@ -187,7 +187,7 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]  # a moment decay rate of 1 never
 
 
 class OptimizerConfig(Section):
-    """AdamW (decoupled weight decay, rlhf_dist/distributed.py) and its LR schedule (rlhf_dist/schedule.py)."""
+    """AdamW (decoupled weight decay, rlhf_dist/learner/engine.py) and its LR schedule (rlhf_dist/learner/lr_schedule.py)."""
 
     lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate of the trained model: the policy, or a stage's model")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay")
@@ -211,7 +211,7 @@ class LearnerOptimizerConfig(OptimizerConfig):
 
 
 class TrainerConfig(Section):
-    """What every DeepSpeed training world reads (rlhf_dist/distributed.py): the RL learners' and each
+    """What every DeepSpeed training world reads (rlhf_dist/learner/engine.py): the RL learners' and each
     supervised stage's. The RL-only fields live in LearnerConfig, so a stage config cannot carry them."""
 
     num_workers: int = Field(2, ge=1, description="learner actors (data-parallel ranks)")
@@ -247,7 +247,7 @@ class LearnerConfig(TrainerConfig):
 
 
 class RoleResources(Section):
-    """What each worker of one role asks Ray for (rlhf_dist/placement.py)."""
+    """What each worker of one role asks Ray for (rlhf_dist/planning/placement.py)."""
 
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per worker (fractions share a GPU)")
     num_cpus: float = Field(0.5, gt=0.0, description="CPUs per worker")
@@ -277,7 +277,7 @@ class PlacementConfig(Section):
 
 
 class WandbConfig(Section):
-    """Weights & Biases, one more sink of rlhf_dist/metrics.py (rlhf_dist/wandb_sink.py); needs the wandb extra."""
+    """Weights & Biases, one more sink of rlhf_dist/metrics/logger.py (rlhf_dist/metrics/wandb_sink.py); needs the wandb extra."""
 
     enabled: bool = Field(False, description="log scalars, the config and sample tables to W&B as well")
     project: str = Field("rlhf-dist", min_length=1, description="W&B project of the run")
@@ -290,7 +290,7 @@ class WandbConfig(Section):
 
 
 class MetricSinksConfig(Section):
-    """Where metrics go besides RUN_DIR/metrics.jsonl (rlhf_dist/metrics.py); a stage's whole logging section."""
+    """Where metrics go besides RUN_DIR/metrics.jsonl (rlhf_dist/metrics/logger.py); a stage's whole logging section."""
 
     tensorboard: bool = Field(True, description="write scalars to RUN_DIR/tensorboard")
     wandb: WandbConfig = Field(WandbConfig(), description="Weights & Biases")
@@ -328,7 +328,7 @@ class RecoveryConfig(Section):
 
 
 class MonitorConfig(Section):
-    """The reward-hacking alarm (rlhf_dist/monitor.py); active when a gold reward exists or a KL budget is set."""
+    """The reward-hacking alarm (rlhf_dist/driver/hacking_alarm.py); active when a gold reward exists or a KL budget is set."""
 
     window: int = Field(5, ge=3, description="steps over which proxy and gold trends are fitted")
     min_gold_drop: float = Field(0.02, ge=0.0, description="gold fall along the window that counts as falling")
@@ -336,7 +336,7 @@ class MonitorConfig(Section):
 
 
 class EvalConfig(Section):
-    """Held-out evaluation during RL on the rollout engines at the current weights (rlhf_dist/evaluation.py)."""
+    """Held-out evaluation during RL on the rollout engines at the current weights (rlhf_dist/driver/evaluation.py)."""
 
     every: int = Field(0, ge=0, description="evaluate at step 0, every N steps and at the end; 0 = off")
     prompts: str | None = Field(

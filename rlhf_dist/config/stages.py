@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlhf_dist.config.schema import MetricSinksConfig, ModelConfig, OptimizerConfig, RoleResources, Section, TrainerConfig
+from rlhf_dist.config.schema import (
+    MetricSinksConfig,
+    ModelConfig,
+    OptimizerConfig,
+    RoleResources,
+    Section,
+    TrainerConfig,
+)
+from rlhf_dist.config.validate import offload_problems
 
 
 class StageDataConfig(Section):
@@ -44,7 +52,7 @@ class StageDataConfig(Section):
 
 
 class StageLearnerConfig(TrainerConfig):
-    """A stage's DeepSpeed world (rlhf_dist/stages.py): the shared learner fields, none of the RL-only ones
+    """A stage's DeepSpeed world (rlhf_dist/stages/trainer.py): the shared learner fields, none of the RL-only ones
     (a stage has no critic, and its passes over the data are the top-level ``epochs``)."""
 
     mini_batch_size: int = Field(16, ge=1, description="examples (pairs for rm/dpo) per optimizer step, all ranks")
@@ -53,7 +61,7 @@ class StageLearnerConfig(TrainerConfig):
 
 
 class StagePlacementConfig(Section):
-    """Where a stage's ranks run: one bundle per rank, planned like the RL learners' (rlhf_dist/placement.py
+    """Where a stage's ranks run: one bundle per rank, planned like the RL learners' (rlhf_dist/planning/placement.py
     `plan_world`) and started by the same launcher (launch/roles.py `start_world`)."""
 
     learner: RoleResources = Field(RoleResources(), description="per rank of the stage's DeepSpeed world")
@@ -63,7 +71,7 @@ class StagePlacementConfig(Section):
 
 
 class StageConfig(Section):
-    """One supervised stage: `rlhf-dist sft`, `rm` or `dpo` (launch/stages.py, rlhf_dist/stages.py)."""
+    """One supervised stage: `rlhf-dist sft`, `rm` or `dpo` (launch/stages.py, rlhf_dist/stages/trainer.py)."""
 
     name: str | None = Field(
         None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -80,8 +88,6 @@ class StageConfig(Section):
 
 
 def validate_stage_config(cfg: StageConfig) -> list[str]:
-    from rlhf_dist.config.validate import offload_problems
-
     learner = cfg.learner
     if offload_problems(learner):
         return offload_problems(learner)

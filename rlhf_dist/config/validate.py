@@ -188,7 +188,7 @@ def _placement(cfg: RunConfig) -> list[str]:
 
 def _guests(cfg: RunConfig) -> list[str]:
     """``placement.reference.colocate_with`` / ``placement.reward.colocate_with``: worker i shares
-    learner rank i's bundle and GPU (rlhf_dist/placement.py)."""
+    learner rank i's bundle and GPU (rlhf_dist/planning/placement.py)."""
     place, problems = cfg.placement, []
     guests = [r for r in ("reference", "reward") if getattr(place, r).colocate_with == "learner"]
     for role in guests:
@@ -227,7 +227,7 @@ def _split(n: int) -> str:
 
 
 def _colocation(cfg: RunConfig) -> list[str]:
-    """Colocated runs pair engine i with learner rank i on one GPU (rlhf_dist/placement.py)."""
+    """Colocated runs pair engine i with learner rank i on one GPU (rlhf_dist/planning/placement.py)."""
     place, problems = cfg.placement, []
     if cfg.rollout.tensor_parallel_size != 1:
         problems.append(

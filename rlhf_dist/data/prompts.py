@@ -53,14 +53,22 @@ class PromptSet:
 # ----------------------------------------------------------------------------- builtin tasks
 
 
+# The tiny tokenizer's training text and the built-in letters task draw from these words.
+WORDS = (
+    "the a an of to and in is it that for on with as was at by be this are or from not have "
+    "write say letter letters word words number numbers count list repeat answer question please "
+    "cat dog bird fish tree sun moon star red blue green yellow big small fast slow happy sad "
+    "apple banana cherry grape lemon mango orange peach pear plum one two three four five six "
+    "seven eight nine ten good bad yes no more less many few all some every none abc aaa bbb"
+).split()
+
+
 def _letters_task(n: int, seed: int) -> list[str]:
     """``write letters: cat red banana``: 2-6 words the policy may echo; the reward counts a's."""
-    from rlhf_dist.tiny import _WORDS  # the tiny tokenizer is trained on these words
-
     instructions = ("write letters:", "write words:", "say letters:", "repeat:")
     rng = random.Random(seed)
     return [
-        f"{rng.choice(instructions)} {' '.join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6)))}"
+        f"{rng.choice(instructions)} {' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))}"
         for _ in range(n)
     ]
 

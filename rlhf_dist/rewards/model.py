@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.errors import UserError
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.models.sequences import reward_input_ids, right_pad, sequence_scores
 
 
 class RewardModel:
@@ -20,7 +22,6 @@ class RewardModel:
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from rlhf_dist.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "right"
@@ -49,8 +50,6 @@ class RewardModel:
         When the model directory holds ``reward_normalization.json`` (written by `rlhf-dist rm`),
         scores are normalised with its mean and std, so that PPO sees rewards of unit scale.
         """
-        from rlhf_dist.models import reward_input_ids, right_pad, sequence_scores
-
         rows = [reward_input_ids(self.tokenizer, p, r)[: self.max_length] for p, r in zip(prompts, responses, strict=True)]
         scores = []
         for start in range(0, len(rows), self.batch_size):

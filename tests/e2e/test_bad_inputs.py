@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.cli import main
-from rlhf_dist.checkpoint import checkpoint_dirs, save_tree, write_checkpoint, write_json
+from launch.cli.main import main
+from rlhf_dist.checkpoints.files import checkpoint_dirs, save_tree, write_checkpoint, write_json
+from rlhf_dist.checkpoints.run_dir import MARKER, claim_run_dir
 from rlhf_dist.errors import UserError
-from rlhf_dist.rundir import MARKER, claim_run_dir
-from rlhf_dist.tiny import make_tiny
+from rlhf_dist.models.tiny import make_tiny
 from tests.unit.test_rundir import dataset_folder, snapshot, user_project
 
 
@@ -78,7 +78,7 @@ def test_tokenizer_with_neither_pad_nor_eos(capsys, tiny, tmp_path):
 
 
 def test_tokenizer_without_pad_uses_eos_with_one_warning(tiny, tmp_path, caplog):
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.models.loading import load_tokenizer
 
     model = _copy_model(tiny.policy, tmp_path / "model")
     _strip_special(model, "pad_token")

@@ -19,10 +19,10 @@ import psutil
 import pytest
 
 from launch.run import train
-from rlhf_dist.checkpoint import checkpoint_dirs
+from rlhf_dist.checkpoints.files import checkpoint_dirs
 from rlhf_dist.config import load_config
-from rlhf_dist.remote import RunFailed
-from rlhf_dist.metrics import read_metrics
+from rlhf_dist.driver.remote_calls import RunFailed
+from rlhf_dist.metrics.logger import read_metrics
 
 pytestmark = pytest.mark.slow
 

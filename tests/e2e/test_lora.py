@@ -11,8 +11,8 @@ import torch
 
 from launch.run import train
 from rlhf_dist.config import load_config
-from rlhf_dist.distributed import with_lora
-from rlhf_dist.models import load_causal_lm
+from rlhf_dist.models.loading import load_causal_lm
+from rlhf_dist.models.lora import with_lora
 
 pytestmark = pytest.mark.slow
 

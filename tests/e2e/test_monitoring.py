@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.jobs import auth_headers
-from rlhf_dist import grafana
-from rlhf_dist.metrics import read_metrics
-from rlhf_dist.weight_sync import free_port
+from launch.ray_auth import auth_headers
+from rlhf_dist.metrics import grafana
+from rlhf_dist.metrics.logger import read_metrics
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 

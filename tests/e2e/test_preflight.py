@@ -108,7 +108,7 @@ def test_hub_questions_end_within_the_timeout(monkeypatch):
     """A hub that accepts the connection and never answers costs the timeout, not a minute of retries."""
     from huggingface_hub import constants
 
-    from rlhf_dist.preflight import ModelRef, model_problems
+    from rlhf_dist.planning.machine_checks import ModelRef, model_problems
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -133,7 +133,7 @@ def test_gpus_on_a_machine_without_them_and_more_cpus_than_cores(user_files):
 
 def test_resource_checks_are_local_and_plan_warns(monkeypatch, capsys):
     """A run joining a cluster (RAY_ADDRESS) leaves GPUs to the planner; `plan` for this machine warns."""
-    from launch.cli import main
+    from launch.cli.main import main
     from launch.preflight import preflight_train
     from rlhf_dist.config import load_config
 
@@ -205,21 +205,21 @@ def test_ray_start_is_retried_once_then_one_line(monkeypatch):
 
 
 def test_an_unforeseen_error_is_one_line_and_debug_shows_it(monkeypatch, capsys):
-    import launch.cli
+    import launch.cli.main
 
     def broken(args):
         raise RuntimeError("something we did not foresee\nsecond line")
 
-    monkeypatch.setattr(launch.cli, "_config_show", broken)
-    assert launch.cli.main(["config", "show"]) == 1
+    monkeypatch.setattr(launch.cli.main, "_config_show", broken)
+    assert launch.cli.main.main(["config", "show"]) == 1
     err = capsys.readouterr().err
     assert err == "rlhf-dist: failed: RuntimeError: something we did not foresee; rerun with --debug for the traceback\n"
     with pytest.raises(RuntimeError):
-        launch.cli.main(["config", "show", "--debug"])
+        launch.cli.main.main(["config", "show", "--debug"])
 
 
 def test_a_reward_module_on_pythonpath_set_after_start_is_found_like_the_actors_will(tmp_path, monkeypatch):
-    from rlhf_dist.preflight import python_function_problem
+    from rlhf_dist.planning.machine_checks import python_function_problem
 
     (tmp_path / "late_reward_mod.py").write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
     monkeypatch.chdir(tmp_path.parent)

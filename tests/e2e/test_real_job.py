@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf_dist.metrics import read_metrics
+from rlhf_dist.metrics.logger import read_metrics
 
 pytestmark = pytest.mark.slow
 

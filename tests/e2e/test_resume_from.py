@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.manifest import verify_checkpoint
-from rlhf_dist.metrics import read_metrics
-from rlhf_dist.rundir import checkpoint_dirs
+from rlhf_dist.checkpoints.manifest import verify_checkpoint
+from rlhf_dist.checkpoints.run_dir import checkpoint_dirs
+from rlhf_dist.metrics.logger import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.weight_sync import free_port
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 

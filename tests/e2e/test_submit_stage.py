@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.synthetic import demonstrations
-from rlhf_dist.weight_sync import free_port
+from rlhf_dist.data.synthetic import demonstrations
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 if HAS_CUDA:
     # tests/conftest.py points DeepSpeed at its CPU accelerator for the CPU tiers; here it must find CUDA
-    # (the actors decide for themselves too: actors/common.py `use_assigned_devices`).
+    # (the actors decide for themselves too: actors/shell.py `use_assigned_devices`).
     os.environ.pop("DS_ACCELERATOR", None)
     # DeepSpeed's JIT builds read the arch list; the H100's "9.0a" breaks its parser (STACK-NOTES).
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")

@@ -1,8 +1,8 @@
 """The whole learner estimate against the measured peak on a GPU (within 15%).
 
 A Qwen2-0.5B-shaped model with random bf16 weights (written to a temp dir, no download) is trained
-for one step by the real `rlhf_dist.learner.Learner` (one DeepSpeed rank, NCCL, ZeRO-2): the planner's
-learner peak (`rlhf_dist.memory.learner_estimate`: weights, fp32 master, Adam states, gradients,
+for one step by the real `rlhf_dist.learner.rank.Learner` (one DeepSpeed rank, NCCL, ZeRO-2): the planner's
+learner peak (`rlhf_dist.planning.memory_formulas.learner_estimate`: weights, fp32 master, Adam states, gradients,
 buckets, activations, logits) is compared with ``torch.cuda.max_memory_allocated`` over building the
 engine, the old-logprob pass and the train step, with and without gradient checkpointing.
 Needs CUDA and DeepSpeed (no Ray: the learner runs in this process).
@@ -56,9 +56,9 @@ def test_learner_peak_within_15_percent(model_dir, checkpointing):
     from transformers import Qwen2Config
 
     from rlhf_dist.config import load_config
-    from rlhf_dist.learner import Learner
-    from rlhf_dist.memory import GIB, learner_estimate, shape_from_config
-    from rlhf_dist.weight_sync import free_port
+    from rlhf_dist.learner.rank import Learner
+    from rlhf_dist.planning.memory_formulas import GIB, learner_estimate, shape_from_config
+    from rlhf_dist.weight_sync.group import free_port
 
     cfg = load_config(None, [
         "model.dtype=bfloat16", "algorithm.name=grpo", "learner.num_workers=1", "learner.zero_stage=2",

@@ -14,8 +14,9 @@ import multiprocessing
 import pytest
 import torch
 
-from rlhf_dist.sync_transport import Transport
-from rlhf_dist.weight_sync import Bucket, TensorMeta, checksum, flatten_bucket, free_port
+from rlhf_dist.weight_sync.buckets import Bucket, TensorMeta, checksum, flatten_bucket
+from rlhf_dist.weight_sync.group import free_port
+from rlhf_dist.weight_sync.transports import Transport
 
 COMMON = [
     "rollout.engine=hf", "learner.num_workers=1", "rollout.num_workers=1", "rollout.prompts_per_step=8",
@@ -29,7 +30,7 @@ COLOCATED = ["placement.colocate=true", "placement.learner.num_gpus=0.5", "place
 def cluster():
     ray = pytest.importorskip("ray", reason="Ray is not installed (gpu/make-wheelhouse.sh builds a kit)")
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (gpu/make-wheelhouse.sh builds a kit)")
-    from actors.common import actor_env
+    from actors.shell import actor_env
 
     ray.init(address="local", num_cpus=8, num_gpus=torch.cuda.device_count(), include_dashboard=False,
              namespace="test-sync-gpu", runtime_env={"env_vars": actor_env()})
@@ -39,7 +40,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     return str(make_tiny(tmp_path_factory.mktemp("tiny")).policy)
 
@@ -49,9 +50,9 @@ def _driver(overrides, model_path, run_dir):
     from launch.run import PROBE_TEXT
     from rlhf_dist.config import load_config
     from rlhf_dist.data import load_prompts
-    from rlhf_dist.driver import Driver
-    from rlhf_dist.metrics import MetricsLogger
-    from rlhf_dist.models import load_tokenizer
+    from rlhf_dist.driver.loop import Driver
+    from rlhf_dist.metrics.logger import MetricsLogger
+    from rlhf_dist.models.loading import load_tokenizer
 
     cfg = load_config(None, overrides)
     tokenizer = load_tokenizer(model_path)
@@ -119,7 +120,7 @@ def test_each_actor_uses_exactly_its_bundles_gpu(cluster, model_path, tmp_path):
 def _receive_in_child(port: int, buckets: list[Bucket], out) -> None:
     import torch.distributed as dist
 
-    from rlhf_dist.sync_channels import IpcReceiver
+    from rlhf_dist.weight_sync.ipc import IpcReceiver
 
     store = dist.TCPStore("127.0.0.1", port, None, is_master=False)
     named, sums = IpcReceiver(store, "rollout-0", 0).receive_all(buckets, "cuda")
@@ -130,7 +131,7 @@ def test_ipc_channel_hands_buckets_to_another_process_on_the_gpu():
     """No Ray: a spawned process opens the handles; the sender reuses its buffer after each ack."""
     import torch.distributed as dist
 
-    from rlhf_dist.sync_channels import IpcSender
+    from rlhf_dist.weight_sync.ipc import IpcSender
 
     port = free_port()
     store = dist.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False)

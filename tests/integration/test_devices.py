@@ -9,7 +9,7 @@ from ray.cluster_utils import Cluster
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.common import ComputeClock, actor_env
+from actors.shell import ComputeClock, actor_env
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import torch
 
 from rlhf_dist.config import load_config
 from rlhf_dist.experience import Experience
-from rlhf_dist.learner import Learner
-from rlhf_dist.schedule import LRSchedule, rl_optimizer_steps
-from rlhf_dist.weight_sync import free_port
+from rlhf_dist.learner.lr_schedule import LRSchedule, rl_optimizer_steps
+from rlhf_dist.learner.rank import Learner
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +112,8 @@ def test_without_checkpointing_nothing_is_recomputed(model_dir):
 
 def test_sft_stage_follows_the_schedule_over_its_epochs_and_checkpoints(model_dir):
     from rlhf_dist.config.stages import StageConfig
-    from rlhf_dist.stage_data import SFTExample
-    from rlhf_dist.stages import StageTrainer
+    from rlhf_dist.stages.stage_data import SFTExample
+    from rlhf_dist.stages.trainer import StageTrainer
 
     cfg = StageConfig(epochs=2, model={"path": model_dir}, learner={
         "num_workers": 1, "mini_batch_size": 4, "micro_batch_size": 2, "gradient_checkpointing": True,

@@ -1,10 +1,10 @@
 """The planner's fp32 master, optimizer-state and gradient figures against what DeepSpeed allocates.
 
-Real DeepSpeed engines on CPU (gloo), built by `rlhf_dist.distributed.build_engine` as the learner
+Real DeepSpeed engines on CPU (gloo), built by `rlhf_dist.learner.engine.build_engine` as the learner
 builds them, on a tiny Llama: one rank in this process, or two spawned ranks. After one backward
 the gradient partitions are summed (numel x element size) from the ZeRO optimizer's own tensors; after
 the step the fp32 master partitions and Adam's exp_avg/exp_avg_sq. Each must be within 5% of
-`rlhf_dist.memory.model_states` for the same P, P_t, dtype, stage and world size. The figures are
+`rlhf_dist.planning.memory_formulas.model_states` for the same P, P_t, dtype, stage and world size. The figures are
 printed: ``pytest tests/integration/test_memory_deepspeed.py -s``.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlhf_dist.config import load_config
-from rlhf_dist.memory import DTYPE_BYTES, model_states, shape_from_config
+from rlhf_dist.planning.memory_formulas import DTYPE_BYTES, model_states, shape_from_config
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +52,9 @@ def measure(rank: int, world: int, port: int, stage: int, dtype: str, lora: bool
     """One rank: build the engine, one micro-step, and the bytes of each kind of ZeRO state."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_dist.distributed import build_engine, init_learner_world, with_lora
-    from rlhf_dist.models import DTYPES
+    from rlhf_dist.learner.engine import build_engine, init_learner_world
+    from rlhf_dist.models.loading import DTYPES
+    from rlhf_dist.models.lora import with_lora
 
     torch.set_num_threads(1)
     init_learner_world(rank, world, "127.0.0.1", port)
@@ -94,7 +95,7 @@ def _spawned(rank: int, world: int, port: int, stage: int, dtype: str, lora: boo
 
 
 def _run(stage: int, dtype: str, world: int, lora: bool, tmp_path) -> dict[str, int]:
-    from rlhf_dist.weight_sync import free_port
+    from rlhf_dist.weight_sync.group import free_port
 
     if world == 1:
         return measure(0, 1, free_port(), stage, dtype, lora)
@@ -115,7 +116,7 @@ CASES = [  # (stage, dtype, world, lora)
 def test_planner_matches_deepspeed_allocations(stage, dtype, world, lora, tmp_path):
     from transformers import LlamaConfig
 
-    from rlhf_dist.memory import lora_params
+    from rlhf_dist.planning.memory_formulas import lora_params
 
     actual = _run(stage, dtype, world, lora, tmp_path)
     shape = shape_from_config(LlamaConfig(**MODEL))
@@ -137,8 +138,8 @@ def test_offload_is_honoured_and_trains_on_cpu(stage, offload):
     """learner.offload reaches DeepSpeed's config, and a CPU run still trains (torch AdamW on the host)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_dist.distributed import build_engine, init_learner_world
-    from rlhf_dist.weight_sync import free_port
+    from rlhf_dist.learner.engine import build_engine, init_learner_world
+    from rlhf_dist.weight_sync.group import free_port
 
     cfg = load_config(None, ["learner.num_workers=1", f"learner.zero_stage={stage}", f"learner.offload={offload}",
                              f"learner.micro_batch_size={MICRO}", f"learner.mini_batch_size={MICRO}"])

@@ -11,12 +11,12 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from actors.common import actor_env
+from actors.shell import actor_env
 from launch.cluster import live_nodes, state_api_nodes
 from launch.roles import NAMESPACE, build_roles, stop_roles
 from launch.run import train
 from rlhf_dist.config import load_config
-from rlhf_dist.placement import plan_placement
+from rlhf_dist.planning.placement import plan_placement
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path):
     # `rlhf-dist plan --address` reads the same nodes through the head's state API.
     assert {n.node_id: n for n in state_api_nodes(node["dashboard"])} == {n.node_id: n for n in live_nodes()}
 
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     model_path = str(make_tiny(tmp_path / "tiny", cfg.model.tiny, seed=0).policy)
     roles, _ = build_roles(cfg, model_path)
@@ -79,7 +79,7 @@ def test_three_steps_on_the_cluster(cluster, tmp_path, monkeypatch):
 
 def _stage_cfg(tmp_path, **overrides):
     from rlhf_dist.config.stages import StageConfig
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     base = make_tiny(tmp_path / "tiny", seed=0).policy
     return StageConfig(
@@ -95,9 +95,9 @@ def test_a_stage_world_spans_two_raylets_and_trains_as_one(cluster, tmp_path):
     different shards both ranks hold the same weights (equal held-out sums), which only one
     DeepSpeed world that all-reduces gradients gives."""
     from launch.stages import start_stage_world
-    from rlhf_dist.models import load_tokenizer
-    from rlhf_dist.stage_data import sft_examples
-    from rlhf_dist.synthetic import demonstrations
+    from rlhf_dist.data.synthetic import demonstrations
+    from rlhf_dist.models.loading import load_tokenizer
+    from rlhf_dist.stages.stage_data import sft_examples
 
     _, node = cluster
     cfg = _stage_cfg(tmp_path)
@@ -121,7 +121,7 @@ def test_an_sft_stage_runs_on_declared_gpus_of_the_cluster(cluster, tmp_path, mo
     """`run_stage` in a process connected to the cluster (RAY_ADDRESS, as a submitted job) plans the
     world on its nodes and trains to the end."""
     from launch.stages import run_stage
-    from rlhf_dist.synthetic import demonstrations
+    from rlhf_dist.data.synthetic import demonstrations
 
     monkeypatch.setenv("RAY_ADDRESS", cluster[0].address)
     cfg = _stage_cfg(tmp_path)

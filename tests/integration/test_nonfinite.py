@@ -10,16 +10,16 @@ import pytest
 import ray
 import torch
 
-import rlhf_dist.driver as driver_module
+import rlhf_dist.driver.loop as driver_module
 from launch.roles import build_roles, stop_roles
 from launch.run import PROBE_TEXT
 from rlhf_dist.config import load_config
 from rlhf_dist.data import load_prompts
-from rlhf_dist.driver import Driver
-from rlhf_dist.remote import RunFailed
-from rlhf_dist.metrics import MetricsLogger
-from rlhf_dist.models import load_tokenizer
-from rlhf_dist.tiny import make_tiny
+from rlhf_dist.driver.loop import Driver
+from rlhf_dist.driver.remote_calls import RunFailed
+from rlhf_dist.metrics.logger import MetricsLogger
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.models.tiny import make_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import urllib.request
 import pytest
 import ray
 
-from rlhf_dist.ray_metrics import RayMetricsExporter
-from rlhf_dist.weight_sync import free_port
+from rlhf_dist.metrics.ray_gauges import RayMetricsExporter
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ import ray
 
 from launch.roles import build_roles, stop_roles
 from launch.run import PROBE_TEXT
-from rlhf_dist.checkpoint import checkpoint_dirs
+from rlhf_dist.checkpoints.files import checkpoint_dirs
 from rlhf_dist.config import load_config
 from rlhf_dist.data import load_prompts
-from rlhf_dist.driver import Driver
-from rlhf_dist.metrics import MetricsLogger
-from rlhf_dist.models import load_tokenizer
-from rlhf_dist.tiny import make_tiny
+from rlhf_dist.driver.loop import Driver
+from rlhf_dist.metrics.logger import MetricsLogger
+from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.models.tiny import make_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -96,7 +96,7 @@ def test_a_stage_on_an_unshared_dir_stops_before_any_rank_starts(cluster, monkey
     """The launcher runs the check after joining the cluster and before it starts any actor."""
     from launch.stages import run_stage
     from rlhf_dist.config.stages import StageConfig
-    from rlhf_dist.synthetic import demonstrations
+    from rlhf_dist.data.synthetic import demonstrations
 
     monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     run_dir = cluster / "node-local" / "sft"

@@ -9,9 +9,9 @@ import torch
 from launch.stages import run_stage
 from rlhf_dist.config.schema import RewardConfig
 from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.data.synthetic import demonstrations, preference_pairs
+from rlhf_dist.models.tiny import make_tiny
 from rlhf_dist.rewards import CompositeReward
-from rlhf_dist.synthetic import demonstrations, preference_pairs
-from rlhf_dist.tiny import make_tiny
 
 pytestmark = pytest.mark.slow
 

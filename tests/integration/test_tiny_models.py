@@ -39,7 +39,7 @@ def test_qwen2_architecture(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from rlhf_dist.config import TinyModelConfig
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     paths = make_tiny(tmp_path, TinyModelConfig(arch="qwen2"))
     model = AutoModelForCausalLM.from_pretrained(paths.policy)

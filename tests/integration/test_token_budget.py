@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 from rlhf_dist.config import load_config
 from rlhf_dist.experience import Experience
-from rlhf_dist.learner import Learner
-from rlhf_dist.weight_sync import free_port
+from rlhf_dist.learner.rank import Learner
+from rlhf_dist.weight_sync.group import free_port
 
 pytestmark = pytest.mark.slow
 

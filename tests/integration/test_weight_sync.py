@@ -12,13 +12,13 @@ import torch
 from launch.roles import build_roles, stop_roles
 from launch.run import PROBE_TEXT
 from rlhf_dist.config import load_config
-from rlhf_dist.distributed import with_lora
 from rlhf_dist.data import load_prompts
-from rlhf_dist.driver import Driver
-from rlhf_dist.metrics import MetricsLogger
-from rlhf_dist.models import load_causal_lm, load_tokenizer
-from rlhf_dist.tiny import make_tiny
-from rlhf_dist.weight_sync import checksum, flatten_bucket
+from rlhf_dist.driver.loop import Driver
+from rlhf_dist.metrics.logger import MetricsLogger
+from rlhf_dist.models.loading import load_causal_lm, load_tokenizer
+from rlhf_dist.models.lora import with_lora
+from rlhf_dist.models.tiny import make_tiny
+from rlhf_dist.weight_sync.buckets import checksum, flatten_bucket
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from rlhf_dist.batching import (
+from rlhf_dist.experience import Experience
+from rlhf_dist.learner.micro_batches import (
     MicroBatch,
     MicroBatchStats,
     balance_groups,
@@ -17,7 +18,6 @@ from rlhf_dist.batching import (
     sequence_lengths,
     token_budget_groups,
 )
-from rlhf_dist.experience import Experience
 
 
 def masks(lengths, prompt_cols, response_cols):

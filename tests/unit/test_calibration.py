@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhf_dist.calibration import expected_calibration_error, fit_temperature
+from rlhf_dist.stages.calibration import expected_calibration_error, fit_temperature
 
 
 def synthetic_margins(n=20000, overconfidence=4.0, seed=0):

@@ -9,8 +9,8 @@ from rlhf_dist.config.schema import DataConfig
 from rlhf_dist.config.stages import StageDataConfig
 from rlhf_dist.data import ChatRenderer, DataError, load_prompts
 from rlhf_dist.errors import UserError
-from rlhf_dist.stage_data import preference_examples, sft_examples
-from rlhf_dist.tiny import CHAT_TEMPLATE, train_tokenizer
+from rlhf_dist.models.tiny import CHAT_TEMPLATE, train_tokenizer
+from rlhf_dist.stages.stage_data import preference_examples, sft_examples
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_preference_rows_with_chat_prompts(tokenizer):
 
 
 def test_a_reward_model_reads_a_chat_prompt_with_one_bos(tokenizer):
-    from rlhf_dist.models import reward_input_ids
+    from rlhf_dist.models.sequences import reward_input_ids
 
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "1+2="}], add_generation_prompt=True,
                                          tokenize=False)

@@ -8,11 +8,18 @@ import math
 import pytest
 import torch
 
-import rlhf_dist.checkpoint as ckpt
-from rlhf_dist.checkpoint import (
-    CheckpointError, checkpoint_dirs, load_tree, rng_state, save_tree, set_rng_state, write_checkpoint, write_json,
+import rlhf_dist.checkpoints.files as ckpt
+from rlhf_dist.checkpoints.files import (
+    CheckpointError,
+    checkpoint_dirs,
+    load_tree,
+    rng_state,
+    save_tree,
+    set_rng_state,
+    write_checkpoint,
+    write_json,
 )
-from rlhf_dist.manifest import CheckpointIntegrityError, verify_checkpoint
+from rlhf_dist.checkpoints.manifest import CheckpointIntegrityError, verify_checkpoint
 
 
 def test_tree_round_trip_keeps_types_values_and_shared_tensors(tmp_path):
@@ -153,7 +160,7 @@ def test_every_checkpoint_file_is_in_its_manifest_with_its_size_and_sha256(tmp_p
 def test_writers_hash_while_writing_and_only_other_files_are_read_back(tmp_path, monkeypatch):
     """The safe DeepSpeed engine records the digests of what it saved; the driver hands its own in;
     the manifest re-reads only files written by neither (here: DeepSpeed's `latest`)."""
-    import rlhf_dist.manifest as manifest
+    import rlhf_dist.checkpoints.manifest as manifest
 
     read_back = []
     real_hash_file = manifest.hash_file
@@ -216,7 +223,7 @@ def test_verification_names_the_damaged_file_and_what_is_wrong(tmp_path, damage,
 
 
 def test_large_checkpoints_get_a_size_check_unless_verify_asks_for_hashes(tmp_path, monkeypatch):
-    import rlhf_dist.manifest as manifest
+    import rlhf_dist.checkpoints.manifest as manifest
 
     done = write_checkpoint(tmp_path, 2, keep_last=1, write=_write(2))
     flip_byte(done / "state.safetensors")

@@ -45,7 +45,7 @@ from types import SimpleNamespace  # noqa: E402
 import pytest  # noqa: E402
 
 import launch.jobs  # noqa: E402
-from launch.cli import main  # noqa: E402
+from launch.cli.main import main  # noqa: E402
 
 ARGV_PRINTER = "#!/bin/sh\nexec {python} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from launch.cli import build_parser, unknown_command
+from launch.cli.main import build_parser, unknown_command
 
 
 def run_cli(*args):

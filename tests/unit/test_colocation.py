@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import rlhf_dist.driver as driver_module
+import rlhf_dist.driver.loop as driver_module
 from rlhf_dist.config import load_config
-from rlhf_dist.driver import Driver
-from rlhf_dist.pipeline import RolloutPipeline
-from rlhf_dist.rollout import VLLMEngine
+from rlhf_dist.driver.batch_producer import RolloutPipeline
+from rlhf_dist.driver.loop import Driver
+from rlhf_dist.rollout.vllm_engine import VLLMEngine
 
 COLOCATED = ["placement.colocate=true", "rollout.num_workers=2",
              "placement.learner.num_gpus=0.5", "placement.rollout.num_gpus=0.5"]

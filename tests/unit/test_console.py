@@ -1,4 +1,4 @@
-"""The console in our voice (launch/console.py, actors/common.py): library logs into RUN_DIR/logs/,
+"""The console in our voice (launch/console.py, actors/shell.py): library logs into RUN_DIR/logs/,
 warnings that matter passed up once, known noise kept in the logs, the outputs line, the signal
 handlers and the line a stopped run prints."""
 
@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from actors.common import LOG_FILE_ENV, RELAY_FILE_ENV, WarningRelay
+from actors.log_relay import LOG_FILE_ENV, RELAY_FILE_ENV, WarningRelay
 from launch import console
 
 
@@ -43,7 +43,7 @@ def test_relay_passes_each_warning_once_and_marks_known_noise():
         lib.warning("disk %s almost full", "/data")
         lib.info("not a warning")
         logging.getLogger("vllm.reload").warning("RotaryEmbedding: Failed to load weights")
-        logging.getLogger("rlhf_dist.driver").warning("ours: shown by our own handler")
+        logging.getLogger("rlhf_dist.driver.loop").warning("ours: shown by our own handler")
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = relay._showwarning  # catch_warnings saved and restores it
@@ -68,7 +68,7 @@ lm_head.weight | UNEXPECTED |
 
 
 def test_a_reward_head_swap_is_noise_and_any_other_load_report_is_shown_in_one_plain_line():
-    from actors.common import is_noise, summarize
+    from actors.log_relay import is_noise, summarize
 
     assert is_noise(LOAD_REPORT.format(missing="score.weight"))  # an RM from a causal LM: as intended
     other = LOAD_REPORT.format(missing="model.norm.weight")
@@ -111,12 +111,12 @@ def test_an_actor_writes_all_its_output_to_its_log_and_passes_up_what_matters(tm
     log, relay = tmp_path / "logs" / "rollout-0.log", tmp_path / "logs" / "warnings.jsonl"
     script = (
         "import logging, os, sys\n"
-        "from actors.common import route_output_to_log\n"
+        "from actors.log_relay import route_output_to_log\n"
         "route_output_to_log()\n"
         "print('python print'); os.write(2, b'C-level write\\n')\n"
         "logging.getLogger('vllm').warning('KV cache is too small')\n"
         "logging.getLogger('vllm').warning('RotaryEmbedding: Failed to load weights')\n"
-        "logging.getLogger('rlhf_dist.rollout').warning('our warning')\n"
+        "logging.getLogger('rlhf_dist.rollout.hf_engine').warning('our warning')\n"
     )
     env = {**os.environ, LOG_FILE_ENV: str(log), RELAY_FILE_ENV: str(relay)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)

@@ -8,7 +8,7 @@ import pytest
 from rlhf_dist.config.schema import DataConfig
 from rlhf_dist.data import DataError, PromptSampler, builtin_prompts, load_prompts
 from rlhf_dist.errors import UserError
-from rlhf_dist.tiny import train_tokenizer
+from rlhf_dist.models.tiny import train_tokenizer
 
 
 @pytest.fixture(scope="module")

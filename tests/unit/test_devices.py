@@ -4,7 +4,7 @@ workers sharing the learners' bundles (`colocate_with: learner`), and the enviro
 import pytest
 
 from rlhf_dist.config import ConfigError, load_config
-from rlhf_dist.placement import COLOCATED, NodeResources, PlacementError, plan_placement
+from rlhf_dist.planning.placement import COLOCATED, NodeResources, PlacementError, plan_placement
 
 
 def gpu_nodes():
@@ -82,7 +82,7 @@ def test_colocate_with_is_validated():
 
 
 def test_every_actor_hides_unassigned_gpus_and_shares_one_nccl_setting(monkeypatch):
-    from actors.common import actor_env
+    from actors.shell import actor_env
 
     monkeypatch.setenv("NCCL_CUMEM_ENABLE", "1")  # a user's setting cannot split the group's processes
     env = actor_env()
@@ -93,7 +93,7 @@ def test_every_actor_hides_unassigned_gpus_and_shares_one_nccl_setting(monkeypat
 def test_an_actor_without_a_gpu_uses_deepspeeds_cpu_accelerator(monkeypatch):
     import torch
 
-    from actors.common import use_assigned_devices
+    from actors.shell import use_assigned_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)

@@ -8,8 +8,8 @@ import pytest
 from rlhf_dist.config import load_config
 from rlhf_dist.config.load import ConfigError
 from rlhf_dist.data import Prompt
+from rlhf_dist.driver.evaluation import eval_metrics, pass_at_k, split_holdout
 from rlhf_dist.errors import UserError
-from rlhf_dist.evaluation import eval_metrics, pass_at_k, split_holdout
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

@@ -9,9 +9,10 @@ so a post-forward hook never sees the recompute.
 import pytest
 import torch
 
-from rlhf_dist.distributed import with_lora
 from rlhf_dist.config.schema import LoraConfig
-from rlhf_dist.models import disable_dropout, enable_gradient_checkpointing, load_causal_lm, response_logprobs
+from rlhf_dist.models.loading import disable_dropout, enable_gradient_checkpointing, load_causal_lm
+from rlhf_dist.models.lora import with_lora
+from rlhf_dist.models.sequences import response_logprobs
 
 
 @pytest.fixture(scope="module")

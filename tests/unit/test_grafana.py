@@ -5,8 +5,8 @@ The queries' results against a real Prometheus are checked in tests/e2e/test_mon
 import json
 import re
 
-from rlhf_dist import grafana
-from rlhf_dist.grafana import PANELS, dashboard, family, queries, series
+from rlhf_dist.metrics import grafana
+from rlhf_dist.metrics.grafana import PANELS, dashboard, family, queries, series
 
 
 def test_series_is_the_exported_gauge_filtered_by_run():

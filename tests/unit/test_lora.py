@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_dist.adapters import AdapterVersions, load_into_peft, vllm_max_lora_rank, write_adapter
 from rlhf_dist.config.schema import LoraConfig
-from rlhf_dist.distributed import adapter_entries, adapter_spec, lora_targets, with_lora
-from rlhf_dist.weight_sync import Bucket, TensorMeta, WeightLayout
+from rlhf_dist.models.lora import lora_targets, with_lora
+from rlhf_dist.models.weights import adapter_entries, adapter_spec
+from rlhf_dist.weight_sync.adapters import AdapterVersions, load_into_peft, vllm_max_lora_rank, write_adapter
+from rlhf_dist.weight_sync.buckets import Bucket, TensorMeta, WeightLayout
 
 BODY = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
@@ -138,8 +139,8 @@ class FakeVLLM:
 
 
 def test_vllm_engine_serves_each_adapter_under_a_new_id_and_evicts_the_last(tmp_path):
-    from rlhf_dist.adapters import AdapterSpec
-    from rlhf_dist.rollout import VLLMEngine
+    from rlhf_dist.rollout.vllm_engine import VLLMEngine
+    from rlhf_dist.weight_sync.adapters import AdapterSpec
 
     engine = VLLMEngine.__new__(VLLMEngine)  # no vLLM start: only the adapter bookkeeping is under test
     engine.llm, engine.adapters, engine.lora_request = FakeVLLM(), AdapterVersions(tmp_path), None

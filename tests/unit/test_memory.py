@@ -10,7 +10,7 @@ from launch.cluster import parse_nodes
 from rlhf_dist.config import load_config
 from rlhf_dist.config.schema import LoraConfig
 from rlhf_dist.errors import UserError
-from rlhf_dist.memory import (
+from rlhf_dist.planning.memory_formulas import (
     GIB,
     ModelShape,
     activation_bytes,
@@ -22,8 +22,8 @@ from rlhf_dist.memory import (
     rollout_estimate,
     shape_of_path,
 )
-from rlhf_dist.memory_plan import ActorEstimate, BundleEstimate, _combine, memory_table, plan_memory, refusal
-from rlhf_dist.placement import plan_placement
+from rlhf_dist.planning.memory_plan import ActorEstimate, BundleEstimate, _combine, memory_table, plan_memory, refusal
+from rlhf_dist.planning.placement import plan_placement
 
 ONE_B = 2**30  # "1B" parameters, so that bytes per parameter read directly as GiB
 
@@ -74,7 +74,7 @@ TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_l
 def tiny_shape() -> ModelShape:
     from transformers import LlamaConfig
 
-    from rlhf_dist.memory import shape_from_config
+    from rlhf_dist.planning.memory_formulas import shape_from_config
 
     return shape_from_config(LlamaConfig(**TINY))
 
@@ -101,7 +101,7 @@ def test_lora_count_by_hand_and_against_peft():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_dist.distributed import with_lora
+    from rlhf_dist.models.lora import with_lora
 
     torch.manual_seed(0)
     model = with_lora(LlamaForCausalLM(LlamaConfig(**TINY)), lora, "CAUSAL_LM")
@@ -196,7 +196,7 @@ def test_a_70b_config_plans_in_seconds_and_is_refused_with_fixes(llama_70b):
 
 def test_train_preflight_refuses_before_any_actor_and_force_overrides(llama_70b, capsys):
     from launch.preflight import memory_check
-    from rlhf_dist.memory_plan import MemoryPlanError
+    from rlhf_dist.planning.memory_plan import MemoryPlanError
 
     cfg = load_config(None, [f"model.path={llama_70b}", "model.dtype=bfloat16", "learner.num_workers=2",
                              "learner.micro_batch_size=1", "learner.mini_batch_size=2", "placement.learner.num_gpus=1"])
@@ -209,7 +209,7 @@ def test_train_preflight_refuses_before_any_actor_and_force_overrides(llama_70b,
 
 
 def test_plan_command_prints_the_memory_table(capsys):
-    from launch.cli import main
+    from launch.cli.main import main
 
     assert main(["plan", "--nodes", "head:4:0"]) == 0
     out = capsys.readouterr().out
@@ -234,7 +234,7 @@ def test_offload_needs_its_zero_stage_in_rl_and_stage_configs():
 def test_fused_optimizer_choice_on_cpu():
     import torch
 
-    from rlhf_dist.distributed import SkippingAdamW, make_optimizer
+    from rlhf_dist.learner.engine import SkippingAdamW, make_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     assert type(make_optimizer(params, load_config(None, []).learner, 1e-3)) is SkippingAdamW  # auto, no CUDA

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlhf_dist.metrics import MetricsError, MetricsLogger, read_metrics, summary_table
+from rlhf_dist.metrics.logger import MetricsError, MetricsLogger, read_metrics, summary_table
 
 
 def lines(path):
@@ -172,7 +172,7 @@ def test_summary_windows_never_overlap_on_short_runs(steps, window):
 
 
 def test_ray_metric_names_follow_the_contract():
-    from rlhf_dist.ray_metrics import ray_metric_name
+    from rlhf_dist.metrics.ray_gauges import ray_metric_name
 
     assert ray_metric_name("reward/mean") == "rlhf_reward_mean"
     assert ray_metric_name("timing/generate") == "rlhf_timing_generate"

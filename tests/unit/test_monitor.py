@@ -1,6 +1,6 @@
 """The reward-hacking alarm on constructed series."""
 
-from rlhf_dist.monitor import HackingMonitor
+from rlhf_dist.driver.hacking_alarm import HackingMonitor
 
 
 def feed(monitor, proxies, golds, kls=None):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from launch.cli import main
+from launch.cli.main import main
 from launch.monitor import Session, install_dashboard, prometheus_command, session_dir
-from rlhf_dist import grafana
 from rlhf_dist.errors import UserError
+from rlhf_dist.metrics import grafana
 
 
 def ray_session(root, name="session_2026-12-02_10-00-00_000000_1"):
@@ -70,7 +70,7 @@ def test_without_prometheus_it_prints_every_command(tmp_path, capsys, monkeypatc
 
 
 def test_an_unreachable_head_is_a_clear_error(capsys):
-    from rlhf_dist.weight_sync import free_port
+    from rlhf_dist.weight_sync.group import free_port
 
     assert main(["monitor", "--address", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot read the session of the head" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import torch
 
 from rlhf_dist.config import load_config
 from rlhf_dist.data import Prompt
-from rlhf_dist.pipeline import Produced, RolloutPipeline
+from rlhf_dist.driver.batch_producer import Produced, RolloutPipeline
 from rlhf_dist.rewards import RewardResult
-from rlhf_dist.rollout import Sample
+from rlhf_dist.rollout.requests import Sample
 
 N = 2  # samples per prompt
 

@@ -4,7 +4,7 @@ import pytest
 
 from rlhf_dist.config import ConfigError, load_config
 from rlhf_dist.errors import UserError
-from rlhf_dist.placement import COLOCATED, NodeResources, PlacementError, plan_placement
+from rlhf_dist.planning.placement import COLOCATED, NodeResources, PlacementError, plan_placement
 
 
 def cfg(*overrides):
@@ -145,7 +145,7 @@ def test_table_names_every_bundle_node_and_actor():
 
 
 def test_plan_command_prints_the_table_or_exits_2(capsys):
-    from launch.cli import main
+    from launch.cli.main import main
 
     assert main(["plan", "placement.learner.num_gpus=1", "--nodes", "head:4:0,gpu1:16:2"]) == 0
     out = capsys.readouterr().out

@@ -9,9 +9,9 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.image import imread  # noqa: E402
 
-from launch.cli import main  # noqa: E402
-from rlhf_dist.metrics import read_metrics  # noqa: E402
-from rlhf_dist.plots import DPI, SIZE_IN, STEP_TIME, curves, draw, write_run_curves  # noqa: E402
+from launch.cli.main import main  # noqa: E402
+from rlhf_dist.metrics.logger import read_metrics  # noqa: E402
+from rlhf_dist.metrics.plots import DPI, SIZE_IN, STEP_TIME, curves, draw, write_run_curves  # noqa: E402
 
 
 def step_record(step, shift=0.0):

@@ -1,12 +1,12 @@
 """Sharding work over a role's workers: every worker gets its part, uneven where it must be."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from types import SimpleNamespace
-
+from rlhf_dist.driver.remote_calls import shard_sizes, shards
 from rlhf_dist.experience import Experience, ExperienceShapeError, columns_of
-from rlhf_dist.remote import shard_sizes, shards
 
 
 @pytest.mark.parametrize("total, workers, expected", [

@@ -9,8 +9,7 @@ import torch
 from rlhf_dist.config import ConfigError, dump_config, load_config
 from rlhf_dist.config.schema import RewardComponent, RewardConfig
 from rlhf_dist.errors import UserError
-from rlhf_dist.rewards import CompositeReward, RewardError, get_rule, register_rule, rule_names
-from rlhf_dist.rewards import math_answer, rules
+from rlhf_dist.rewards import CompositeReward, RewardError, get_rule, math_answer, register_rule, rule_names, rules
 from rlhf_dist.rewards.math_answer import answers_match, extract_answer, parse_number, reference_answer
 
 

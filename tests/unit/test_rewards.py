@@ -21,8 +21,8 @@ from rlhf_dist.rewards import (
     RewardModel,
     load_python_function,
     register_rule,
+    rules,
 )
-from rlhf_dist.rewards import rules
 
 
 def composite(*components, **kwargs) -> CompositeReward:
@@ -371,7 +371,7 @@ def test_remote_connection_refused_is_reported():
 def test_reward_model_scores_match_an_unpadded_forward(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     path = str(make_tiny(tmp_path).reward)
     prompts = ["write letters: cat", "write letters: red banana plum", "say"]

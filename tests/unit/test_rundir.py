@@ -8,13 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_dist.checkpoint import save_tree, write_checkpoint, write_json
+from rlhf_dist.checkpoints.files import save_tree, write_checkpoint, write_json
+from rlhf_dist.checkpoints.manifest import CheckpointIntegrityError
+from rlhf_dist.checkpoints.run_dir import (
+    MARKER,
+    abandon_newer,
+    checkpoint_dirs,
+    claim_run_dir,
+    completed_steps,
+    is_ours,
+    resume_checkpoint,
+)
 from rlhf_dist.config.schema import TinyModelConfig
 from rlhf_dist.errors import UserError
-from rlhf_dist.manifest import CheckpointIntegrityError
-from rlhf_dist.rundir import (
-    MARKER, abandon_newer, checkpoint_dirs, claim_run_dir, completed_steps, is_ours, resume_checkpoint,
-)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -119,7 +125,7 @@ SMALL = TinyModelConfig(hidden_size=64, num_heads=1, intermediate_size=64)
 def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_for_a_new_run_and_refused_on_resume(tmp_path, capsys):
     from launch.run import resolve_model_path
     from rlhf_dist.config import load_config
-    from rlhf_dist.tiny import make_tiny, tiny_mismatch
+    from rlhf_dist.models.tiny import make_tiny, tiny_mismatch
 
     cfg = load_config(None, [])
     run_dir = claim_run_dir(tmp_path / "run")
@@ -145,7 +151,7 @@ def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_for_a_new_run_and_ref
 def test_make_tiny_refuses_a_foreign_folder_and_never_leaves_half_a_model(tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
-    from rlhf_dist.tiny import make_tiny
+    from rlhf_dist.models.tiny import make_tiny
 
     folder = user_project(tmp_path / "folder")
     before = snapshot(folder)

@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from rlhf_dist.checkpoint import load_tree, save_tree
+from rlhf_dist.checkpoints.files import load_tree, save_tree
 from rlhf_dist.config import ConfigError, load_config
-from rlhf_dist.schedule import LRSchedule, lr_scheduler, rl_optimizer_steps, schedule_from_config, stage_optimizer_steps
+from rlhf_dist.learner.lr_schedule import (
+    LRSchedule,
+    lr_scheduler,
+    rl_optimizer_steps,
+    schedule_from_config,
+    stage_optimizer_steps,
+)
 
 
 def test_warmup_rises_linearly_from_zero_then_constant():

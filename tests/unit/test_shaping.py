@@ -5,8 +5,8 @@ import torch
 
 from rlhf_dist.algorithms import group_advantages, masked_mean
 from rlhf_dist.config.schema import AlgorithmConfig, KLConfig
+from rlhf_dist.driver.shaping import compute_advantages, last_token_scores
 from rlhf_dist.experience import Experience
-from rlhf_dist.shaping import compute_advantages, last_token_scores
 
 
 def make_exp(scores, lengths, width=4, logp=-1.0, ref=-1.5, values=None):

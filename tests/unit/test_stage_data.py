@@ -6,8 +6,8 @@ import pytest
 
 from rlhf_dist.config.stages import StageDataConfig
 from rlhf_dist.data import DataError
-from rlhf_dist.stage_data import load_rows, preference_examples, read_rows, sft_examples
-from rlhf_dist.tiny import train_tokenizer
+from rlhf_dist.models.tiny import train_tokenizer
+from rlhf_dist.stages.stage_data import load_rows, preference_examples, read_rows, sft_examples
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,17 @@ import pytest
 import torch
 
 from rlhf_dist.config import load_config
-from rlhf_dist.placement import COLOCATED, Group, NodeResources, Plan, Slot, plan_placement
-from rlhf_dist.sync_transport import GeneratorRoute, LearnerRoute, Transport, choose_transports, describe, sync_routes
-from rlhf_dist.weight_sync import (
-    Bucket, TensorMeta, WeightSyncError, check_devices, checksum, flatten_bucket, free_port,
+from rlhf_dist.planning.placement import COLOCATED, Group, NodeResources, Plan, Slot, plan_placement
+from rlhf_dist.weight_sync.buckets import Bucket, TensorMeta, checksum, flatten_bucket
+from rlhf_dist.weight_sync.controller import WeightSyncError, check_devices
+from rlhf_dist.weight_sync.group import free_port
+from rlhf_dist.weight_sync.transports import (
+    GeneratorRoute,
+    LearnerRoute,
+    Transport,
+    choose_transports,
+    describe,
+    sync_routes,
 )
 
 
@@ -115,7 +122,7 @@ def _bucket() -> tuple[Bucket, list[torch.Tensor]]:
 
 
 def test_learner_sender_and_receiver_meet_over_gloo_from_their_routes():
-    from rlhf_dist.sync_channels import LearnerSender, open_receiver
+    from rlhf_dist.weight_sync.channels import LearnerSender, open_receiver
 
     bucket, tensors = _bucket()
     learners, generators = sync_routes([Transport(0, "gloo", 0)], 1, 1, ("127.0.0.1", free_port()))
@@ -139,7 +146,7 @@ def test_ipc_handshake_hands_over_one_bucket_at_a_time(monkeypatch):
     the copy before the ack, the checksum and the layout check are the real ones."""
     import torch.distributed as dist
 
-    from rlhf_dist import sync_channels
+    from rlhf_dist.weight_sync import ipc as sync_channels
 
     shared: dict[str, torch.Tensor] = {}
 

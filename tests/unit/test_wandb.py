@@ -18,7 +18,7 @@ import pytest
 
 from rlhf_dist.config.schema import RunConfig, WandbConfig
 from rlhf_dist.errors import UserError
-from rlhf_dist.metrics import MetricsLogger, read_metrics
+from rlhf_dist.metrics.logger import MetricsLogger, read_metrics
 
 wandb = pytest.importorskip("wandb", reason="the test extra installs wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
@@ -184,7 +184,7 @@ def test_disabled_wandb_is_never_imported(tmp_path):
     code = f"""
 import sys
 from rlhf_dist.config.schema import WandbConfig
-from rlhf_dist.metrics import MetricsLogger
+from rlhf_dist.metrics.logger import MetricsLogger
 for i, cfg in enumerate([None, WandbConfig(), WandbConfig(enabled=True, mode="disabled")]):
     with MetricsLogger({str(tmp_path)!r} + f"/run{{i}}", tensorboard=False, progress=False, wandb=cfg) as m:
         m.log(0, {{"reward/mean": 1.0}})

@@ -3,17 +3,11 @@
 import pytest
 import torch
 
-from rlhf_dist.rollout import _processed_logprobs, request_seed
 from rlhf_dist.config.schema import SamplingConfig
-from rlhf_dist.weight_sync import (
-    TensorMeta,
-    WeightSyncError,
-    checksum,
-    flatten_bucket,
-    plan_buckets,
-    unflatten_bucket,
-    verify_checksums,
-)
+from rlhf_dist.rollout.hf_engine import _processed_logprobs
+from rlhf_dist.rollout.requests import request_seed
+from rlhf_dist.weight_sync.buckets import TensorMeta, checksum, flatten_bucket, plan_buckets, unflatten_bucket
+from rlhf_dist.weight_sync.controller import WeightSyncError, verify_checksums
 
 F32 = "torch.float32"
 
@@ -70,7 +64,7 @@ def test_processed_logprobs_temperature_and_truncation():
 
 
 def test_probe_check_passes_within_tolerance_and_names_the_gap_past_it():
-    from rlhf_dist.weight_sync import verify_probe
+    from rlhf_dist.weight_sync.controller import verify_probe
 
     learner = [-1.0, -2.0, -0.5]
     assert verify_probe(learner, [[-1.0, -2.00005, -0.5], learner], 1e-4, 3) == pytest.approx(5e-5, abs=1e-6)
@@ -85,7 +79,7 @@ def test_greedy_temperature_zero_leaves_the_logits_unscaled():
 
 
 def test_prefill_batches_respect_sequence_and_token_budgets_and_keep_order():
-    from rlhf_dist.rollout import Request, prefill_batches
+    from rlhf_dist.rollout.requests import Request, prefill_batches
 
     reqs = [Request(i, 0, [1] * n, 0) for i, n in enumerate([3, 3, 3, 9, 1, 1, 1])]
     batches = prefill_batches(reqs, max_seqs=2, max_tokens=6)

@@ -1,0 +1,1 @@
+"""The `rlhf-dist` command: main.py builds the parser from one module per command group."""

@@ -1,0 +1,1 @@
+"""Rollout engines (vLLM, transformers) and what they are asked and answer (requests.py)."""
