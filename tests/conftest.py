@@ -1,6 +1,14 @@
-"""Shared test settings: one torch thread per process (2 cores here), CPU DeepSpeed, quiet vLLM."""
+"""Shared test settings and fixtures.
+
+Settings: one torch thread per process (2 cores here), CPU DeepSpeed, quiet in-process vLLM.
+Fixtures: `tiny_model`, the tiny random-init policy + reward model + tokenizer, built once per session
+(read it, never write into it). Each tier's conftest marks its tests (`mark_tier`): tests/README.md.
+"""
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -8,3 +16,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # In-process vLLM (engine and worker in the test process): starts in seconds, not a minute.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def mark_tier(items, tier_dir: Path, *marks) -> None:
+    """Give every collected test under ``tier_dir`` the tier's markers (called by each tier's conftest)."""
+    for item in items:
+        if tier_dir in Path(str(item.fspath)).parents:
+            for mark in marks:
+                item.add_marker(mark)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """`TinyPaths` (``.policy``, ``.reward``) of the default tiny model, made once for the whole session."""
+    from rlhf_dist.models.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-session"))

@@ -19,13 +19,12 @@ from launch.cli.main import main
 from rlhf_dist.checkpoints.files import checkpoint_dirs, save_tree, write_checkpoint, write_json
 from rlhf_dist.checkpoints.run_dir import MARKER, claim_run_dir
 from rlhf_dist.errors import UserError
-from rlhf_dist.models.tiny import make_tiny
-from tests.unit.test_rundir import dataset_folder, snapshot, user_project
+from tests.unit.checkpoints.test_run_dir import dataset_folder, snapshot, user_project
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
+def tiny(tiny_model):
+    return tiny_model  # the session's (tests/conftest.py); tests copy it before changing anything
 
 
 @pytest.fixture(autouse=True)

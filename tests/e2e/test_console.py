@@ -11,10 +11,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 OUR_LINES = [
     re.compile(r"^[a-zA-Z][^\[\]|]* \(\d+(\.\d)? s\)$"),  # a phase line
     re.compile(r"^prepared \S+: "),

@@ -2,12 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
 from launch.run import train
 from rlhf_dist.config import load_config
-
-pytestmark = pytest.mark.slow
 
 
 def test_dynamic_sampling_replaces_uniform_groups_and_overlong_responses_are_penalised(tmp_path, monkeypatch):

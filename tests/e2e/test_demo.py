@@ -4,10 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def test_demo_small_end_to_end(tmp_path):
     run_dir = tmp_path / "demo"

@@ -6,9 +6,6 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-import pytest
-
-pytestmark = pytest.mark.slow
 
 
 def test_rl_beats_sft_on_the_held_out_split(tmp_path):

@@ -24,8 +24,6 @@ from rlhf_dist.config import load_config
 from rlhf_dist.driver.remote_calls import RunFailed
 from rlhf_dist.metrics.logger import read_metrics
 
-pytestmark = pytest.mark.slow
-
 STEPS = 6
 OVERRIDES = [f"steps={STEPS}", "checkpoint.every=2", "logging.tensorboard=false", "checkpoint.save_final=false"]
 # Wall-clock figures differ between any two runs; everything else must match exactly.

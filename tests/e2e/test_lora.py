@@ -6,15 +6,12 @@ entropy at ln 512): behind the final RMSNorm the body alone cannot sharpen a ran
 
 from statistics import mean
 
-import pytest
 import torch
 
 from launch.run import train
 from rlhf_dist.config import load_config
 from rlhf_dist.models.loading import load_causal_lm
 from rlhf_dist.models.lora import with_lora
-
-pytestmark = pytest.mark.slow
 
 
 def test_lora_learns_the_default_task_and_syncs_only_its_adapter(tmp_path):

@@ -28,8 +28,6 @@ from rlhf_dist.metrics import grafana
 from rlhf_dist.metrics.logger import read_metrics
 from rlhf_dist.weight_sync.group import free_port
 
-pytestmark = pytest.mark.slow
-
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("RLHF_TEST_ARTIFACTS", PROJECT / "test-output")) / "monitoring"

@@ -18,8 +18,6 @@ import pytest
 
 from rlhf_dist.metrics.logger import read_metrics
 
-pytestmark = pytest.mark.slow
-
 STEPS, EVAL_EVERY, HOLDOUT, LR, WARMUP = 4, 2, 8, 1e-3, 4
 REWARD_MODULE = '''
 def secret_label(prompts, responses, secret):

@@ -9,13 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from rlhf_dist.checkpoints.manifest import verify_checkpoint
 from rlhf_dist.checkpoints.run_dir import checkpoint_dirs
 from rlhf_dist.metrics.logger import read_metrics
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
 

@@ -2,12 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
 from launch.run import train
 from rlhf_dist.config import load_config
-
-pytestmark = pytest.mark.slow
 
 
 def test_alarm_fires_when_the_proxy_pays_for_a_planted_feature(tmp_path, monkeypatch, capfd):

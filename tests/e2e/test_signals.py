@@ -15,10 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 STEPS = 6
 
 

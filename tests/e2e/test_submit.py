@@ -1,17 +1,12 @@
 """A run submitted to a real Ray head: `ray start --head`, `rlhf-dist submit`, status, logs, metrics."""
 
-import os
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from rlhf_dist.weight_sync.group import free_port
-
-pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 
@@ -20,24 +15,8 @@ def cli(*args, env):
     return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def head():
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
-    dashboard, metrics = free_port(), free_port()
-    start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=4", "--disable-usage-stats"],
-        capture_output=True, text=True, env=env, timeout=180,
-    )
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        yield {"address": f"http://127.0.0.1:{dashboard}", "metrics": metrics, "env": env}
-    finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
-
-
-def test_submit_runs_to_success_with_logs_and_metrics(head):
-    address, env = head["address"], head["env"]
+def test_submit_runs_to_success_with_logs_and_metrics(ray_head):
+    address, env = ray_head["address"], ray_head["env"]
     out = cli("submit", "train", "steps=3", "logging.samples_every=0", "--address", address, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     job_id = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("submitted job:"))
@@ -54,27 +33,27 @@ def test_submit_runs_to_success_with_logs_and_metrics(head):
     assert "gold reward" in logs and "outputs:" in logs
     assert "step 3/3  reward" in logs, "the job's logs show one progress line per step"
 
-    body = urllib.request.urlopen(f"http://127.0.0.1:{head['metrics']}/metrics", timeout=10).read().decode()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{ray_head['metrics']}/metrics", timeout=10).read().decode()
     for name in ("rlhf_reward_mean", "rlhf_reward_gold_mean", "rlhf_kl_mean", "rlhf_rollout_logprob_abs_diff",
                  "rlhf_policy_version", "rlhf_timing_generate", "rlhf_throughput_tokens_per_s", "rlhf_sync_seconds"):
         assert f"ray_{name}{{" in body, f"{name} missing from the head's metrics endpoint"
 
 
-def test_bad_config_and_unreachable_head_fail_before_submission(head):
-    out = cli("submit", "train", "learner.zero_stage=7", "--address", head["address"], env=head["env"])
+def test_bad_config_and_unreachable_head_fail_before_submission(ray_head):
+    out = cli("submit", "train", "learner.zero_stage=7", "--address", ray_head["address"], env=ray_head["env"])
     assert out.returncode == 2 and "learner.zero_stage: got 7" in out.stderr
-    out = cli("submit", "train", "steps=1", "--address", f"http://127.0.0.1:{free_port()}", env=head["env"])
+    out = cli("submit", "train", "steps=1", "--address", f"http://127.0.0.1:{free_port()}", env=ray_head["env"])
     assert out.returncode == 2 and "cannot reach the Ray Jobs API" in out.stderr and "Traceback" not in out.stderr
-    out = cli("status", "raysubmit_nope", "--address", head["address"], env=head["env"])
+    out = cli("status", "raysubmit_nope", "--address", ray_head["address"], env=ray_head["env"])
     assert out.returncode == 2 and "no job 'raysubmit_nope'" in out.stderr
-    out = cli("status", "raysubmit_x", "--address", "127.0.0.1:8265", env=head["env"])
+    out = cli("status", "raysubmit_x", "--address", "127.0.0.1:8265", env=ray_head["env"])
     assert out.returncode == 2 and "must be the dashboard URL" in out.stderr
 
 
-def test_plan_reads_the_heads_nodes(head):
-    out = cli("plan", "--address", head["address"], env=head["env"])
+def test_plan_reads_the_heads_nodes(ray_head):
+    out = cli("plan", "--address", ray_head["address"], env=ray_head["env"])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"the cluster at {head['address']}" in out.stdout and "learner-1" in out.stdout
+    assert f"the cluster at {ray_head['address']}" in out.stdout and "learner-1" in out.stdout
     assert "/4  GPU 0/0" in out.stdout.split("nodes")[-1], "the head declares 4 CPUs and no GPU"
-    out = cli("plan", "placement.learner.num_gpus=1", "--address", head["address"], env=head["env"])
+    out = cli("plan", "placement.learner.num_gpus=1", "--address", ray_head["address"], env=ray_head["env"])
     assert out.returncode == 2 and "placement impossible" in out.stderr and "0 GPU in total" in out.stderr

@@ -7,21 +7,12 @@ other Ray clusters on this machine are left alone.
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pytest
-
 from rlhf_dist.data.synthetic import demonstrations
-from rlhf_dist.weight_sync.group import free_port
-
-pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 
@@ -30,37 +21,8 @@ def cli(*args, env):
     return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def head():
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
-    env.pop("RAY_ADDRESS", None)
-    dashboard = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5)
-                break
-            except urllib.error.HTTPError:  # it answers (401 where token auth is on): up
-                break
-            except OSError:
-                assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
-                time.sleep(1)
-        yield {"address": address, "env": env}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes
-        proc.wait(timeout=60)
-
-
-def test_submitted_sft_runs_to_success_in_the_given_run_dir(head, tmp_path):
-    address, env = head["address"], head["env"]
+def test_submitted_sft_runs_to_success_in_the_given_run_dir(ray_head, tmp_path):
+    address, env = ray_head["address"], ray_head["env"]
     rows = tmp_path / "demos.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in demonstrations(48, seed=0)))
     run_dir = tmp_path / "shared" / "sft-run"

@@ -16,8 +16,6 @@ import pytest
 from launch.run import train
 from rlhf_dist.config import load_config
 
-pytestmark = pytest.mark.slow
-
 REQUIRED_KEYS = {
     "step", "policy_version", "reward/mean", "reward/gold_mean", "kl/mean", "rollout/logprob_abs_diff",
     "sync/verified", "throughput/tokens_per_s", "policy/entropy", "policy/clip_frac",

@@ -11,8 +11,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.shell import ComputeClock, actor_env
 
-pytestmark = pytest.mark.slow
-
 
 @ray.remote
 class Probe(ComputeClock):

@@ -16,8 +16,6 @@ from rlhf_dist.learner.lr_schedule import LRSchedule, rl_optimizer_steps
 from rlhf_dist.learner.rank import Learner
 from rlhf_dist.weight_sync.group import free_port
 
-pytestmark = pytest.mark.slow
-
 BATCH, MICRO, MINI = 16, 4, 8  # 4 micro-batches per pass; 2 optimizer steps per train() call
 LR, CRITIC_LR = 1e-3, 2e-3
 

@@ -17,8 +17,6 @@ import torch
 from rlhf_dist.config import load_config
 from rlhf_dist.planning.memory_formulas import DTYPE_BYTES, model_states, shape_from_config
 
-pytestmark = pytest.mark.slow
-
 MODEL = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=2, tie_word_embeddings=False)
 MICRO = 2

@@ -18,8 +18,6 @@ from launch.run import train
 from rlhf_dist.config import load_config
 from rlhf_dist.planning.placement import plan_placement
 
-pytestmark = pytest.mark.slow
-
 OVERRIDES = [
     "placement.learner.num_gpus=1", "placement.rollout.num_gpus=1", "learner.num_workers=2",
     "logging.tensorboard=false", "logging.samples_every=0", "checkpoint.save_final=false", "checkpoint.every=0",

@@ -21,21 +21,12 @@ from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.models.loading import load_tokenizer
 from rlhf_dist.models.tiny import make_tiny
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="test-nonfinite")
-    yield
-    ray.shutdown()
-
 
 def _weights(driver):
     return ray.get([l.full_state_dict.remote() for l in driver.roles.learners])[0]
 
 
-def test_nan_loss_skips_the_update_counts_it_and_stops_after_k_in_a_row(cluster, tmp_path, monkeypatch):
+def test_nan_loss_skips_the_update_counts_it_and_stops_after_k_in_a_row(ray_cluster, tmp_path, monkeypatch):
     poisoned = {1, 3, 4}
     real = driver_module.compute_advantages
 

@@ -3,13 +3,10 @@
 import time
 import urllib.request
 
-import pytest
 import ray
 
 from rlhf_dist.metrics.ray_gauges import RayMetricsExporter
 from rlhf_dist.weight_sync.group import free_port
-
-pytestmark = pytest.mark.slow
 
 
 def test_exported_metrics_appear_on_the_metrics_endpoint():

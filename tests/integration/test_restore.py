@@ -5,8 +5,6 @@ This covers what the e2e resume test (GRPO, ZeRO-2) does not: the critic's DeepS
 ZeRO-3 partitions, and restoring into live actors whose weights had moved on.
 """
 
-import pytest
-import ray
 
 from launch.roles import build_roles, stop_roles
 from launch.run import PROBE_TEXT
@@ -18,19 +16,10 @@ from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.models.loading import load_tokenizer
 from rlhf_dist.models.tiny import make_tiny
 
-pytestmark = pytest.mark.slow
-
 VOLATILE = ("timing/", "throughput/", "sync/seconds", "sync/mb_per_s")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="test-restore")
-    yield
-    ray.shutdown()
-
-
-def test_ppo_zero3_step_after_restore_equals_the_original(cluster, tmp_path):
+def test_ppo_zero3_step_after_restore_equals_the_original(ray_cluster, tmp_path):
     model_path = str(make_tiny(tmp_path / "tiny").policy)
     cfg = load_config(None, ["algorithm.name=ppo", "learner.zero_stage=3", "algorithm.kl.mode=reward",
                              "algorithm.kl.kind=k1", "rollout.prompts_per_step=8", "learner.mini_batch_size=16",

@@ -23,8 +23,6 @@ from ray.cluster_utils import Cluster
 from launch.storage import PROBE_PREFIX, check_shared_run_dir
 from rlhf_dist.errors import UserError
 
-pytestmark = pytest.mark.slow
-
 BIN = Path(sys.executable).parent
 
 

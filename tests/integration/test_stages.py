@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import ray
 import torch
 
 from launch.stages import run_stage
@@ -13,14 +12,7 @@ from rlhf_dist.data.synthetic import demonstrations, preference_pairs
 from rlhf_dist.models.tiny import make_tiny
 from rlhf_dist.rewards import CompositeReward
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="test-stages")
-    yield
-    ray.shutdown()
+RAY_CPUS = 2
 
 
 def stage_cfg(model_path, **overrides):
@@ -28,7 +20,7 @@ def stage_cfg(model_path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def sft(cluster, tmp_path_factory):
+def sft(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     base = make_tiny(root / "tiny").policy
     return run_stage("sft", stage_cfg(base, epochs=2), root / "sft", rows=demonstrations(384, seed=0))

@@ -6,8 +6,6 @@ import sys
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

@@ -25,8 +25,6 @@ from rlhf_dist.experience import Experience
 from rlhf_dist.learner.rank import Learner
 from rlhf_dist.weight_sync.group import free_port
 
-pytestmark = pytest.mark.slow
-
 VOCAB, PROMPT, RESPONSE = 96, 6, 10
 # (prompt, response) lengths; one response is empty (dropped from the loss, still padded around)
 LENGTHS = [(6, 10), (1, 2), (3, 9), (2, 1), (6, 4), (1, 10), (4, 0), (5, 7), (2, 3), (6, 8), (1, 1), (3, 5)]

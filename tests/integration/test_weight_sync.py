@@ -17,22 +17,12 @@ from rlhf_dist.driver.loop import Driver
 from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.models.loading import load_causal_lm, load_tokenizer
 from rlhf_dist.models.lora import with_lora
-from rlhf_dist.models.tiny import make_tiny
 from rlhf_dist.weight_sync.buckets import checksum, flatten_bucket
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="test-weight-sync")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return str(make_tiny(tmp_path_factory.mktemp("tiny")).policy)
+def model_path(tiny_model):
+    return str(tiny_model.policy)
 
 
 def _driver(cfg, model_path, run_dir):
@@ -72,7 +62,7 @@ def _sync_and_check(driver):
     return state
 
 
-def test_vllm_two_generators_zero2(cluster, model_path, tmp_path):
+def test_vllm_two_generators_zero2(ray_cluster, model_path, tmp_path):
     cfg = load_config(None, ["rollout.num_workers=2", "learner.zero_stage=2", "rollout.prompts_per_step=8",
                              "learner.mini_batch_size=16", "learner.micro_batch_size=8",
                              "placement.rollout.num_cpus=0.25", "placement.learner.num_cpus=0.25"])
@@ -85,7 +75,7 @@ def test_vllm_two_generators_zero2(cluster, model_path, tmp_path):
         stop_roles(driver.roles, shutdown=False)
 
 
-def test_zero3_gather_path(cluster, model_path, tmp_path):
+def test_zero3_gather_path(ray_cluster, model_path, tmp_path):
     cfg = load_config(None, ["rollout.engine=hf", "learner.zero_stage=3", "rollout.prompts_per_step=8",
                              "learner.mini_batch_size=16", "learner.micro_batch_size=8"])
     driver, metrics = _driver(cfg, model_path, tmp_path)
@@ -103,7 +93,7 @@ def _param_bytes(model, trained_only: bool) -> int:
 
 
 @pytest.mark.parametrize("engine, zero_stage", [("hf", 3), ("vllm", 2)])
-def test_lora_syncs_only_the_adapter(cluster, model_path, tmp_path, engine, zero_stage):
+def test_lora_syncs_only_the_adapter(ray_cluster, model_path, tmp_path, engine, zero_stage):
     """The generators get the adapter's bytes and nothing else, and then sample like the learner."""
     cfg = load_config(None, [f"rollout.engine={engine}", f"learner.zero_stage={zero_stage}", "learner.lora.enabled=true",
                              "learner.lora.r=4", "learner.optimizer.lr=1e-2", "rollout.prompts_per_step=8",

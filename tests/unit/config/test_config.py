@@ -7,7 +7,7 @@ import yaml
 
 from rlhf_dist.config import ConfigError, default_config_path, dump_config, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def problems(*overrides, path=None):
@@ -228,7 +228,7 @@ def test_file_then_overrides(tmp_path):
 def test_the_gsm8k_example_is_a_valid_rlvr_config():
     from pathlib import Path
 
-    cfg = load_config(str(Path(__file__).parents[2] / "examples" / "gsm8k.yaml"))
+    cfg = load_config(str(Path(__file__).parents[3] / "examples" / "gsm8k.yaml"))
     assert cfg.algorithm.name == "grpo" and cfg.data.apply_chat_template
     assert [(c.type, c.name, c.args) for c in cfg.reward.components] == [("rule", "math", {"answer_key": "answer"})]
     assert cfg.eval.every > 0 and cfg.eval.prompts.endswith("test.parquet")

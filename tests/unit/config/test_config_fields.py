@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from rlhf_dist.config import ConfigError, RunConfig, dump_defaults, load_config
 from rlhf_dist.config.stages import StageConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCHEMAS = [RunConfig, StageConfig]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+CLUSTER_YAML = Path(__file__).resolve().parents[3] / "cluster.yaml"
 
 
 def validate(config):

@@ -1,0 +1,58 @@
+"""The e2e tier: the `rlhf-dist` command as a user runs it, whole runs included (tests/README.md).
+Every test here is marked ``e2e`` and ``slow``.
+
+`ray_head` is one real `ray start --head --block` per test module (dashboard, Jobs API and a
+metrics export port, 4 CPUs), for the tests that submit jobs; it is stopped through its own process
+group, never with `ray stop --force` (which would stop every local Ray on the machine).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rlhf_dist.weight_sync.group import free_port
+from tests.conftest import mark_tier
+
+BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    mark_tier(items, Path(__file__).parent, pytest.mark.e2e, pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """{"address": dashboard URL, "metrics": metrics export port, "env": the env a job's CLI runs with}."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
+    env.pop("RAY_ADDRESS", None)
+    dashboard, metrics = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=4",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=5)
+                break
+            except urllib.error.HTTPError:  # it answers (401 where token auth is on): up
+                break
+            except OSError:
+                assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
+                time.sleep(1)
+        yield {"address": address, "metrics": metrics, "env": env}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes
+        proc.wait(timeout=60)
