@@ -9,6 +9,7 @@ from actors.shell import ComputeClock, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
 from rlhf_dist.learner.rank import Learner as LearnerCore
+from rlhf_dist.learner.train_stats import TrainStats
 from rlhf_dist.weight_sync.buckets import Bucket, WeightLayout
 from rlhf_dist.weight_sync.group import free_port, node_ip
 from rlhf_dist.weight_sync.transports import LearnerRoute
@@ -29,7 +30,7 @@ class Learner(ComputeClock):
         return True
 
     @computing
-    def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
+    def train(self, shard: Experience, kl_coef: float) -> TrainStats:
         return self.core.train(shard, kl_coef)
 
     @computing

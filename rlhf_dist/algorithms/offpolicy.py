@@ -27,6 +27,35 @@ ISLevel = Literal["token", "sequence"]
 IS_MODES: tuple[str, ...] = ("none", "tis", "mis")
 IS_LEVELS: tuple[str, ...] = ("token", "sequence")
 
+
+
+@dataclass(frozen=True)
+class ISStats:
+    """Importance-weight statistics as sums and counts over masked tokens, so that micro-batches and
+    ranks add up exactly; `metrics` divides once."""
+
+    weight_sum: float  # sum of the weights applied
+    clipped: float  # tokens truncated (tis) or masked (mis)
+    tokens: float  # tokens counted (inside the mask)
+    weight_max: float  # largest weight applied
+
+    def __add__(self, other: ISStats) -> ISStats:
+        return ISStats(self.weight_sum + other.weight_sum, self.clipped + other.clipped, self.tokens + other.tokens,
+                       max(self.weight_max, other.weight_max))
+
+    @property
+    def weight_mean(self) -> float:
+        return self.weight_sum / max(self.tokens, 1.0)
+
+    @property
+    def clipped_frac(self) -> float:
+        return self.clipped / max(self.tokens, 1.0)
+
+    def metrics(self) -> dict[str, float]:
+        """``is/weight_mean``, ``is/clipped_frac`` (over all tokens counted) and ``is/weight_max``."""
+        return {"is/weight_mean": self.weight_mean, "is/clipped_frac": self.clipped_frac, "is/weight_max": self.weight_max}
+
+
 # exp(20) ~ 4.9e8: far past any sensible cap, and far from float32's overflow at exp(88).
 _MAX_LOG_RATIO = 20.0
 
@@ -38,7 +67,7 @@ def importance_weights(
     mode: ISMode = "tis",
     cap: float = 2.0,
     level: ISLevel = "token",
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, ISStats]:
     """Importance weights ``pi_proximal / pi_behaviour`` for the policy-gradient term, capped.
 
     The log-ratio ``proximal_logp - behaviour_logp`` is taken per token (``level="token"``) or, for
@@ -57,10 +86,9 @@ def importance_weights(
         mask: (B, T) 0/1 response-token mask; values outside it may be NaN or inf.
         cap: C > 1; ``tis`` truncates at C, ``mis`` keeps ratios in [1/C, C].
     Returns:
-        (weights, stats). ``weights``: (B, T) float32, detached, 0 outside the mask. ``stats``
-        (detached 0-d tensors over the masked tokens): ``weight_mean``, ``weight_max`` (of the
-        weights applied) and ``clipped_frac`` (share of tokens truncated by tis or masked by mis;
-        0 for none).
+        (weights, stats). ``weights``: (B, T) float32, detached, 0 outside the mask. ``stats``: an
+        `ISStats` of sums and counts over the masked tokens: the weights applied, the tokens truncated
+        by tis or masked by mis (0 for none), the token count and the largest weight.
     """
     if mode not in IS_MODES:
         raise ValueError(f"unknown importance-sampling mode {mode!r}; expected one of {IS_MODES}")
@@ -85,11 +113,13 @@ def importance_weights(
             clipped = torch.zeros_like(log_ratio, dtype=torch.bool)
             weights = torch.ones_like(log_ratio)
         weights = masked_fill_zero(weights, mask)
-        stats = {
-            "weight_mean": masked_mean(weights, mask),
-            "weight_max": weights.max() if weights.numel() else weights.new_zeros(()),
-            "clipped_frac": masked_mean(clipped.float(), mask),
-        }
+        inside = mask.bool()
+        stats = ISStats(
+            weight_sum=float(weights[inside].sum()),
+            clipped=float(clipped[inside].sum()),
+            tokens=float(inside.sum()),
+            weight_max=float(weights.max()) if weights.numel() else 0.0,
+        )
     return weights, stats
 
 

@@ -32,6 +32,7 @@ from rlhf_dist.data import Prompt, PromptSampler
 from rlhf_dist.driver.batch_producer import RolloutPipeline
 from rlhf_dist.driver.evaluation import Evaluator
 from rlhf_dist.driver.hacking_alarm import HackingMonitor
+from rlhf_dist.driver.learner_group import LearnerGroup
 from rlhf_dist.driver.remote_calls import ActorDied, Roles, RunFailed, gather, wait_until_alive
 from rlhf_dist.driver.run_state import LoopState, restore_run_checkpoint, save_run_checkpoint
 from rlhf_dist.driver.shaping import compute_advantages
@@ -74,6 +75,7 @@ class Driver:
             sampler=PromptSampler(len(prompts), seed=cfg.seed, shuffle=cfg.data.shuffle),
             monitor=HackingMonitor(mon.window, mon.min_gold_drop, mon.kl_budget),
         )
+        self.learners = LearnerGroup(roles.learners)
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
                                cfg.rollout.tensor_parallel_size, cfg.model.dtype, roles.plan)
         self.rollouts = RolloutPipeline(cfg, roles, prompts, pad_token_id, self.state.sampler,
@@ -138,7 +140,7 @@ class Driver:
                                "rollout/staleness_max": float(staleness.max())})
         if self.rollouts.ahead:  # the learner's log-probs before its update: the proximal policy
             with self.phase("logprobs"):
-                exp.old_logprobs = self.learner_call(lambda: self.learner_logprobs(exp), step)
+                exp.old_logprobs = self.learner_call(lambda: self.learners.logprobs(exp), step)
         with self.phase("values"):
             exp.values = self.learner_call(lambda: self.values(exp), step)
         with self.phase("advantages"):
@@ -146,7 +148,7 @@ class Driver:
             adv_stats = compute_advantages(exp, self.cfg.algorithm, kl_ctl.value, self.cfg.rollout.samples_per_prompt)
             produced.zero_filler_advantages(self.cfg.rollout.samples_per_prompt)
         with self.phase("train"):
-            train_stats = self.learner_call(lambda: self.train(exp), step)
+            train_stats = self.learner_call(lambda: self.learners.train(exp, kl_ctl.value), step)
         self.count_nonfinite(step, train_stats)
         with self.phase(self.waiting):
             self.finish_rollouts()
@@ -181,10 +183,6 @@ class Driver:
         self.metrics.note(f"eval at step {step}: {shown}")
         return stats
 
-    def learner_logprobs(self, exp: Experience) -> torch.Tensor:
-        shards = exp.split(len(self.roles.learners))
-        return torch.cat(gather([l.logprobs.remote(s) for l, s in zip(self.roles.learners, shards)], "learner"))
-
     def finish_rollouts(self) -> None:
         """Async: wait for the batches produced in the background. If an actor died there, recover
         (as for any phase) and produce them again after the sync, at the new weights."""
@@ -198,30 +196,7 @@ class Driver:
             self.after_restart()
 
     def values(self, exp: Experience) -> torch.Tensor | None:
-        if self.cfg.algorithm.name != "ppo":
-            return None
-        shards = exp.split(len(self.roles.learners))
-        return torch.cat(gather([l.values.remote(s) for l, s in zip(self.roles.learners, shards)], "learner"))
-
-    def train(self, exp: Experience) -> dict[str, float]:
-        shards = exp.split(len(self.roles.learners))
-        kl_coef = self.state.kl_ctl.value
-        per_rank = gather([l.train.remote(s, kl_coef) for l, s in zip(self.roles.learners, shards)], "learner")
-        tokens = sum(r.pop("num_tokens") for r in per_rank)
-        abs_diff = sum(r.pop("logprob_abs_diff_sum") for r in per_rank)
-        diff_max = max(r.pop("logprob_abs_diff_max") for r in per_rank)
-        reduced = {}
-        if "is_tokens" in per_rank[0]:  # importance weights: token-weighted over ranks
-            is_tokens = max(sum(r.pop("is_tokens") for r in per_rank), 1.0)
-            reduced["is/weight_mean"] = sum(r.pop("is_weight_sum") for r in per_rank) / is_tokens
-            reduced["is/clipped_frac"] = sum(r.pop("is_clipped_sum") for r in per_rank) / is_tokens
-            reduced["is/weight_max"] = max(r.pop("is_weight_max") for r in per_rank)
-        if "memory_peak_bytes" in per_rank[0]:  # GPU learners: the largest rank's peak allocation
-            reduced["memory/learner_peak_gib"] = max(r.pop("memory_peak_bytes") for r in per_rank) / 2**30
-        stats = {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
-        stats["rollout/logprob_abs_diff"] = abs_diff / max(tokens, 1.0)
-        stats["rollout/logprob_abs_diff_max"] = diff_max
-        return {**stats, **reduced}
+        return self.learners.values(exp) if self.cfg.algorithm.name == "ppo" else None
 
     def sync_weights(self) -> dict[str, float]:
         """Send the trained weights to the generators as the next policy version."""

@@ -9,10 +9,12 @@ user reads which part of the run broke.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
+import torch
 
 from rlhf_dist.rewards import RewardResult
 
@@ -58,19 +60,48 @@ class Roles:
 
 
 def gather(refs: list[Any], role: str) -> list[Any]:
-    """``ray.get`` on a list, naming the role when a remote call raised."""
+    """``ray.get`` on a list, naming the role when a remote call raised. An answer that is not an
+    ``ObjectRef`` was computed in-process (a role that is a plain object, as the tests' fakes are) and
+    passes through as it is."""
+    remote = [i for i, ref in enumerate(refs) if isinstance(ref, ray.ObjectRef)]
+    if not remote:
+        return list(refs)
     try:
         # Fail as soon as any call fails: the other calls may be waiting on the failed one (a
         # collective with a dead rank) and would never return.
-        pending = list(refs)
+        pending = [refs[i] for i in remote]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             ray.get(done)
-        return ray.get(refs)
+        answers = list(refs)
+        for i, value in zip(remote, ray.get([refs[i] for i in remote])):
+            answers[i] = value
+        return answers
     except ray.exceptions.RayTaskError as exc:
         raise ActorFailed(f"{role} failed: {exc.cause if exc.cause is not None else exc}") from exc
     except ray.exceptions.RayActorError as exc:
         raise ActorDied(role, f"{role} actor died: {exc}") from exc
+
+
+class RankGroup:
+    """The ranks of one DeepSpeed world, called as one: every rank at once (their forward and backward
+    passes are collectives), each with its part, the answers gathered in rank order. Calls are typed
+    lambdas over the handle (``lambda rank, shard: rank.train.remote(shard)``), never method names."""
+
+    def __init__(self, ranks: list[Any], role: str):
+        self.ranks, self.role = list(ranks), role
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def map(self, call: Callable[[Any, T], Any], parts: Sequence[T], role: str | None = None) -> list[Any]:
+        """``call(rank, part)`` for each rank and its part (one part per rank), gathered."""
+        assert len(parts) == len(self.ranks), f"{len(parts)} parts for {len(self.ranks)} ranks"
+        return gather([call(rank, part) for rank, part in zip(self.ranks, parts)], role or self.role)
+
+    def all(self, call: Callable[[Any], Any], role: str | None = None) -> list[Any]:
+        """``call(rank)`` on every rank, gathered."""
+        return gather([call(rank) for rank in self.ranks], role or self.role)
 
 
 def wait_until_alive(actor: Any, role: str, timeout_s: float = 600.0) -> None:
@@ -121,9 +152,6 @@ def score_on(scorers: list[Any], prompts: list[str], responses: list[str], colum
              role: str = "reward scorer"):
     """Score (prompt, response) pairs sharded over the scorers, each shard with its rows' columns;
     returns one `RewardResult` for the whole batch, in order."""
-    import torch
-
-
     calls, start = [], 0
     for scorer, size in zip(scorers, shard_sizes(len(prompts), len(scorers))):
         if size:

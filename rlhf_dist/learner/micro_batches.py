@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -178,15 +178,23 @@ def padded_positions(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> 
 
 # -- statistics of a mini-batch's micro-batches --------------------------------------------------
 
-# Losses are already divided by the global token (or sequence) count, so a mini-batch's loss is the
-# sum of its micro-batches' losses over all ranks.
-SUMMED = ("policy/loss", "policy/kl_loss", "critic/value_loss")
+@dataclass
+class MicroStats:
+    """One micro-batch's statistics, grouped by how they add up over micro-batches and ranks."""
+
+    summed: dict[str, float] = field(default_factory=dict)  # losses, already divided by the global count
+    weighted: dict[str, float] = field(default_factory=dict)  # means over its tokens: weighted by them
+    maxima: dict[str, float] = field(default_factory=dict)
+
+    def __or__(self, other: MicroStats) -> MicroStats:
+        """The statistics of two models' passes over the same micro-batch (the policy's and the critic's)."""
+        return MicroStats({**self.summed, **other.summed}, {**self.weighted, **other.weighted},
+                          {**self.maxima, **other.maxima})
 
 
 class MicroBatchStats:
-    """Statistics of one mini-batch's micro-batches, combined the same way whatever the grouping:
-    losses summed (the token-weighted total), ``*_max`` by maximum, everything else as a mean
-    weighted by each micro-batch's response tokens."""
+    """A mini-batch's statistics from its micro-batches', the same whatever the grouping: losses
+    summed (the token-weighted total), means weighted by each micro-batch's response tokens, maxima."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -194,30 +202,29 @@ class MicroBatchStats:
         self.maxima: dict[str, float] = {}
         self.tokens = 0.0
 
-    def add(self, stats: dict[str, float], tokens: float) -> None:
+    def add(self, stats: MicroStats, tokens: float) -> None:
         self.tokens += tokens
-        for name, value in stats.items():
-            if name in SUMMED:
-                self.sums[name] = self.sums.get(name, 0.0) + value
-            elif name.endswith("_max"):
-                self.maxima[name] = max(self.maxima.get(name, value), value)
-            else:
-                self.weighted[name] = self.weighted.get(name, 0.0) + tokens * value
+        for name, value in stats.summed.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        for name, value in stats.weighted.items():
+            self.weighted[name] = self.weighted.get(name, 0.0) + tokens * value
+        for name, value in stats.maxima.items():
+            self.maxima[name] = max(self.maxima.get(name, value), value)
 
-    def vectors(self) -> tuple[list[str], list[float], list[str], list[float]]:
-        """(names, values to sum over ranks, names, values to take the maximum of over ranks), in a
-        fixed order: the weighted numerators and the token count travel with the sums."""
-        sum_names = sorted(self.sums) + sorted(self.weighted) + ["__tokens__"]
-        sum_values = [self.sums[n] for n in sorted(self.sums)] + [self.weighted[n] for n in sorted(self.weighted)]
-        max_names = sorted(self.maxima)
-        return sum_names, [*sum_values, self.tokens], max_names, [self.maxima[n] for n in max_names]
+    def vectors(self) -> tuple[list[float], list[float]]:
+        """(values to sum over ranks, values to take the maximum of), in a fixed order: the sums, the
+        weighted numerators and the token count; then the maxima."""
+        summed = [self.sums[n] for n in sorted(self.sums)] + [self.weighted[n] for n in sorted(self.weighted)]
+        return [*summed, self.tokens], [self.maxima[n] for n in sorted(self.maxima)]
 
     def result(self, summed: list[float] | None = None, maxed: list[float] | None = None) -> dict[str, float]:
         """The combined statistics; ``summed``/``maxed`` are `vectors()` reduced over the ranks."""
-        sum_names, sum_values, max_names, max_values = self.vectors()
-        totals = dict(zip(sum_names, summed if summed is not None else sum_values))
-        tokens = totals.pop("__tokens__")
-        out = {n: totals[n] for n in self.sums}
-        out.update({n: totals[n] / tokens if tokens > 0 else 0.0 for n in self.weighted})
-        out.update(zip(max_names, maxed if maxed is not None else max_values))
+        own_summed, own_maxed = self.vectors()
+        summed = own_summed if summed is None else summed
+        maxed = own_maxed if maxed is None else maxed
+        names = sorted(self.sums) + sorted(self.weighted)
+        totals, tokens = dict(zip(names, summed[:-1])), summed[-1]
+        out = {n: totals[n] for n in sorted(self.sums)}
+        out.update({n: totals[n] / tokens if tokens > 0 else 0.0 for n in sorted(self.weighted)})
+        out.update(zip(sorted(self.maxima), maxed))
         return out

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from rlhf_dist.algorithms import (
     aggregate_loss,
@@ -29,7 +28,15 @@ from rlhf_dist.experience import Experience
 from rlhf_dist.learner.critic import CriticModel
 from rlhf_dist.learner.engine import build_engine, init_learner_world
 from rlhf_dist.learner.lr_schedule import rl_optimizer_steps, schedule_from_config
-from rlhf_dist.learner.micro_batches import MicroBatch, MicroBatchStats, padded_positions, plan_micro_batches
+from rlhf_dist.learner.micro_batches import (
+    MicroBatch,
+    MicroBatchStats,
+    MicroStats,
+    padded_positions,
+    plan_micro_batches,
+)
+from rlhf_dist.learner.ranks import all_reduce
+from rlhf_dist.learner.train_stats import TrainStats
 from rlhf_dist.models.loading import disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora
 from rlhf_dist.models.saving import write_hf_model
@@ -106,11 +113,7 @@ class Learner:
         )
 
     def _max_over_ranks(self, count: int) -> int:
-        if self.world_size == 1:
-            return count
-        value = torch.tensor([count], dtype=torch.long, device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return int(value.item())
+        return int(all_reduce([count], "max", self.world_size, self.device, torch.long)[0])
 
     def _logprobs(self, exp: Experience, with_entropy: bool = False):
         padding, total = padded_positions(exp.prompt_mask, exp.response_mask)
@@ -149,8 +152,8 @@ class Learner:
 
     # -- training -------------------------------------------------------------------------------
 
-    def train(self, shard: Experience, kl_coef: float) -> dict[str, float]:
-        """PPO epochs x mini-batches over this rank's shard; returns mean statistics.
+    def train(self, shard: Experience, kl_coef: float) -> TrainStats:
+        """PPO epochs x mini-batches over this rank's shard; returns this rank's `TrainStats`.
 
         The PPO ratio is taken against the proximal policy: the learner's log-probs before this
         update (``shard.old_logprobs`` when the driver computed them, async; else computed here).
@@ -172,39 +175,29 @@ class Learner:
                     rows = slice(start, start + per_rank_mini)
                     for name, value in self._train_mini_batch(shard.select(rows), weights[rows], kl_coef).items():
                         stats.setdefault(name, []).append(value)
-        result = {name: sum(v) / len(v) for name, v in stats.items()}
-        result.update(_last_values(stats))
-        result["train/padding_frac"] = self._padding_frac()
-        result["logprob_abs_diff_sum"] = float(diff.sum())
-        result["logprob_abs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
-        result["num_tokens"] = float(mask.sum())
-        if self.device.type == "cuda":  # since the process began: the engine, the passes, this step
-            result["memory_peak_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
-        if self.is_correction != "none":  # sums and a max, for the driver to reduce over ranks
-            loss_tokens = float(shard.loss_mask.sum())
-            result["is_weight_sum"] = float(is_stats["weight_mean"]) * loss_tokens
-            result["is_clipped_sum"] = float(is_stats["clipped_frac"]) * loss_tokens
-            result["is_weight_max"] = float(is_stats["weight_max"])
-            result["is_tokens"] = loss_tokens
-        return result
+        means = {name: sum(v) / len(v) for name, v in stats.items()}
+        means.update(_last_values(stats))
+        means["train/padding_frac"] = self._padding_frac()
+        return TrainStats(
+            means=means,
+            response_tokens=float(mask.sum()),
+            logprob_abs_diff_sum=float(diff.sum()),
+            logprob_abs_diff_max=float(diff.max()) if diff.numel() else 0.0,
+            importance=is_stats if self.is_correction != "none" else None,
+            # since the process began: the engine, the passes, this step
+            memory_peak_bytes=float(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None,
+        )
 
     def _padding_frac(self) -> float:
         """Share of padding among the positions of this step's policy forward passes, all ranks."""
-        positions = torch.tensor(self._positions, dtype=torch.float64)
-        if self.world_size > 1:
-            positions = positions.to(self.device)
-            dist.all_reduce(positions)
-        return float(positions[0] / positions[1]) if positions[1] > 0 else 0.0
+        padding, total = all_reduce(self._positions, "sum", self.world_size, self.device)
+        return padding / total if total > 0 else 0.0
 
     def _global_counts(self, mini: Experience) -> tuple[float, float]:
         """Response tokens and non-empty sequences in this mini-batch across all ranks."""
-        counts = torch.tensor(
-            [mini.loss_mask.sum().item(), (mini.loss_mask.sum(-1) > 0).sum().item()], dtype=torch.float64
-        )
-        if self.world_size > 1:
-            counts = counts.to(self.device)
-            dist.all_reduce(counts)
-        return float(counts[0]), float(counts[1])
+        counts = [mini.loss_mask.sum().item(), (mini.loss_mask.sum(-1) > 0).sum().item()]
+        tokens, sequences = all_reduce(counts, "sum", self.world_size, self.device)
+        return float(tokens), float(sequences)
 
     def _train_mini_batch(self, mini: Experience, is_weights: torch.Tensor, kl_coef: float) -> dict[str, float]:
         """One optimizer step: a backward per micro-batch, gradients accumulated, then the step.
@@ -223,10 +216,10 @@ class Learner:
             for _, engine in self._engines():
                 engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             mb = part.take(mini)
-            step_stats = self._policy_micro_step(mb, part.cut(is_weights), kl_coef, num_tokens, num_seqs, scale)
-            nonfinite = max(nonfinite, step_stats.pop("train/nonfinite_loss"))
+            step_stats, finite = self._policy_micro_step(mb, part.cut(is_weights), kl_coef, num_tokens, num_seqs, scale)
+            nonfinite = max(nonfinite, float(not finite))
             if self.critic is not None:
-                step_stats.update(self._critic_micro_step(mb, num_tokens, num_seqs, scale))
+                step_stats = step_stats | self._critic_micro_step(mb, num_tokens, num_seqs, scale)
             stats.add(step_stats, tokens=float(mb.loss_mask.sum()))
         lrs = {"train/lr": self.policy.get_lr()[0]}  # read before step() advances the schedule
         self.policy.step()
@@ -246,18 +239,15 @@ class Learner:
 
     def _across_ranks(self, stats: MicroBatchStats) -> dict[str, float]:
         """The mini-batch's statistics over all ranks: the same on every rank, whatever the grouping."""
-        if self.world_size == 1:
-            return stats.result()
-        _, summed, _, maxed = stats.vectors()
-        summed_t = torch.tensor(summed, dtype=torch.float64, device=self.device)
-        dist.all_reduce(summed_t)
-        maxed_t = torch.tensor([*maxed, 0.0], dtype=torch.float64, device=self.device)  # never empty
-        dist.all_reduce(maxed_t, op=dist.ReduceOp.MAX)
-        return stats.result(summed_t.cpu().tolist(), maxed_t.cpu().tolist()[:-1])
+        summed, maxed = stats.vectors()
+        summed = all_reduce(summed, "sum", self.world_size, self.device)
+        maxed = all_reduce([*maxed, 0.0], "max", self.world_size, self.device)[:-1]  # never an empty collective
+        return stats.result(summed, maxed)
 
     def _policy_micro_step(
         self, mb: Experience, is_weights: torch.Tensor, kl_coef: float, num_tokens: float, num_seqs: float, scale: float
-    ) -> dict[str, float]:
+    ) -> tuple[MicroStats, bool]:
+        """One micro-batch's policy loss and backward; returns its statistics and whether the loss was finite."""
         algo = self.cfg.algorithm
         mask = mb.loss_mask.to(self.device)
         logp, entropy = self._logprobs(mb, with_entropy=True)
@@ -266,19 +256,22 @@ class Learner:
             logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
             algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs, weights=weights,
         )
-        step_stats = {f"policy/{k}": float(v) for k, v in pstats.items()}
-        step_stats["policy/loss"] = float(loss.detach())
-        step_stats["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
+        stats = MicroStats(
+            summed={"policy/loss": float(loss.detach())},
+            weighted={f"policy/{k}": float(v) for k, v in pstats.items() if k != "ratio_max"},
+            maxima={"policy/ratio_max": float(pstats["ratio_max"])},
+        )
+        stats.weighted["policy/entropy"] = float(masked_mean(entropy.detach(), mask))
         if algo.kl.mode == "loss" and mb.ref_logprobs is not None:
             kl = kl_estimate(logp, mb.ref_logprobs.to(self.device), algo.kl.kind, mask)
             kl_loss = aggregate_loss(kl, mask, algo.loss_agg, num_tokens, num_seqs)
             loss = loss + kl_coef * kl_loss
-            step_stats["policy/kl_loss"] = float(kl_loss.detach())
-        step_stats["train/nonfinite_loss"] = float(not torch.isfinite(loss.detach()).item())
+            stats.summed["policy/kl_loss"] = float(kl_loss.detach())
+        finite = bool(torch.isfinite(loss.detach()).item())
         self.policy.backward(loss * scale, scale_wrt_gas=False)
-        return step_stats
+        return stats, finite
 
-    def _critic_micro_step(self, mb: Experience, num_tokens: float, num_seqs: float, scale: float) -> dict[str, float]:
+    def _critic_micro_step(self, mb: Experience, num_tokens: float, num_seqs: float, scale: float) -> MicroStats:
         algo = self.cfg.algorithm
         prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
         values = self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float()
@@ -287,7 +280,8 @@ class Learner:
             algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
         )
         self.critic.backward(loss * scale, scale_wrt_gas=False)
-        return {"critic/value_loss": float(loss.detach()), **{f"critic/{k}": float(v) for k, v in vstats.items()}}
+        return MicroStats(summed={"critic/value_loss": float(loss.detach())},
+                          weighted={f"critic/{k}": float(v) for k, v in vstats.items()})
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_dist.config.stages import StageConfig
-from rlhf_dist.driver.remote_calls import gather
+from rlhf_dist.driver.remote_calls import RankGroup
 from rlhf_dist.stages.calibration import expected_calibration_error, fit_temperature
 from rlhf_dist.stages.stage_data import Examples
 
@@ -34,10 +34,11 @@ def train_stage(
 ) -> None:
     """Evaluate, train ``cfg.epochs`` epochs, then write the model (with the tokenizer of
     ``tokenizer_path``) to ``result.model_dir``, and for rm its score normalisation beside it."""
-    _train(kind, cfg, workers, examples, metrics, result)
-    gather([w.save.remote(str(result.model_dir), tokenizer_path) for w in workers], f"{kind} (save)")
+    ranks = RankGroup(workers, f"{kind} learner")
+    _train(kind, cfg, ranks, examples, metrics, result)
+    ranks.all(lambda w: w.save.remote(str(result.model_dir), tokenizer_path), f"{kind} (save)")
     if kind == "rm":
-        _write_normalization(result, workers, examples)
+        _write_normalization(result, ranks, examples)
 
 
 def _shards(items: list[Any], n: int) -> list[list[Any]]:
@@ -49,15 +50,14 @@ def _sum(parts: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(p.get(k, 0.0) for p in parts) for k in keys}
 
 
-def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, metrics, result: StageResult) -> None:
+def _train(kind: str, cfg: StageConfig, ranks: RankGroup, examples: Examples, metrics, result: StageResult) -> None:
     """Evaluate, then train and evaluate each epoch; ``result.history`` grows by one record per
     evaluation (the start, then each epoch), so an interrupted stage can say where it was."""
-    n = len(workers)
     ref_train = ref_eval = None
     if kind == "dpo":
-        ref_train = _reference(workers, examples.train)
-        ref_eval = _reference(workers, examples.eval)
-    record = _evaluate(kind, workers, examples, ref_eval)
+        ref_train = _reference(ranks, examples.train)
+        ref_eval = _reference(ranks, examples.eval)
+    record = _evaluate(kind, ranks, examples, ref_eval)
     metrics.log(0, record)
     result.history.append(record)
     result.metrics.update({f"{k}_start": v for k, v in record.items()})
@@ -65,16 +65,15 @@ def _train(kind: str, cfg: StageConfig, workers: list[Any], examples: Examples, 
     for epoch in range(1, cfg.epochs + 1):
         order = list(range(len(examples.train)))
         rng.shuffle(order)
-        shards = _shards(order, n)
-        calls = [
-            w.train_epoch.remote([examples.train[i] for i in s], [ref_train[i] for i in s] if ref_train else None)
-            for w, s in zip(workers, shards)
-        ]
-        sums = _sum(gather(calls, f"{kind} learner"))
+        parts = ranks.map(
+            lambda w, s: w.train_epoch.remote([examples.train[i] for i in s], [ref_train[i] for i in s] if ref_train else None),
+            _shards(order, len(ranks)),
+        )
+        sums = _sum(parts)
         record = {f"{kind}/train_loss": _per(sums, "nll_sum" if kind == "sft" else "loss_sum")}
         if kind != "sft":
             record[f"{kind}/train_accuracy"] = _per(sums, "correct")
-        record.update(_evaluate(kind, workers, examples, ref_eval))
+        record.update(_evaluate(kind, ranks, examples, ref_eval))
         metrics.log(epoch, record)
         result.history.append(record)
         print(f"{kind} epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
@@ -85,9 +84,9 @@ def _per(sums: dict[str, float], key: str) -> float:
     return sums.get(key, 0.0) / max(sums.get("count", 0.0), 1.0)
 
 
-def _reference(workers: list[Any], pairs: list) -> list[tuple[float, float]]:
-    shards = _shards(list(range(len(pairs))), len(workers))
-    parts = gather([w.reference_logprobs.remote([pairs[i] for i in s]) for w, s in zip(workers, shards)], "dpo reference")
+def _reference(ranks: RankGroup, pairs: list) -> list[tuple[float, float]]:
+    shards = _shards(list(range(len(pairs))), len(ranks))
+    parts = ranks.map(lambda w, s: w.reference_logprobs.remote([pairs[i] for i in s]), shards, "dpo reference")
     out: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
     for s, values in zip(shards, parts):
         for i, v in zip(s, values):
@@ -95,15 +94,13 @@ def _reference(workers: list[Any], pairs: list) -> list[tuple[float, float]]:
     return out
 
 
-def _evaluate(kind: str, workers: list[Any], examples: Examples, ref_eval) -> dict[str, float]:
+def _evaluate(kind: str, ranks: RankGroup, examples: Examples, ref_eval) -> dict[str, float]:
     if not examples.eval:
         return {}
-    shards = _shards(list(range(len(examples.eval))), len(workers))
-    calls = [
-        w.evaluate.remote([examples.eval[i] for i in s], [ref_eval[i] for i in s] if ref_eval else None)
-        for w, s in zip(workers, shards)
-    ]
-    parts = gather(calls, f"{kind} evaluation")
+    parts = ranks.map(
+        lambda w, s: w.evaluate.remote([examples.eval[i] for i in s], [ref_eval[i] for i in s] if ref_eval else None),
+        _shards(list(range(len(examples.eval))), len(ranks)), f"{kind} evaluation",
+    )
     sums = _sum(parts)
     if kind == "sft":
         return {"sft/eval_loss": _per(sums, "nll_sum")}
@@ -133,11 +130,10 @@ def _calibrate(margins: list[float]) -> dict[str, float]:
     }
 
 
-def _write_normalization(result: StageResult, workers: list[Any], examples: Examples) -> None:
+def _write_normalization(result: StageResult, ranks: RankGroup, examples: Examples) -> None:
     """Save mean/std of the RM's scores on a reference set (training pairs) beside the model."""
-    reference = examples.train[:512]
-    shards = _shards(reference, len(workers))
-    scores = [s for part in gather([w.score_responses.remote(sh) for w, sh in zip(workers, shards)], "rm") for s in part]
+    parts = ranks.map(lambda w, shard: w.score_responses.remote(shard), _shards(examples.train[:512], len(ranks)), "rm")
+    scores = [s for part in parts for s in part]
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) or 1.0
     stats = {"mean": mean, "std": std, "temperature": result.metrics.get("rm/temperature", 1.0), "num_scores": len(scores)}

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from rlhf_dist.algorithms import bradley_terry_loss, dpo_loss
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.learner.engine import build_engine, init_learner_world
 from rlhf_dist.learner.lr_schedule import schedule_from_config, stage_optimizer_steps
+from rlhf_dist.learner.ranks import all_reduce
 from rlhf_dist.models.loading import DTYPES, disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora
 from rlhf_dist.models.saving import write_hf_model
@@ -194,18 +194,10 @@ class StageTrainer:
         return scores
 
     def _global_sum(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t)
+        return float(all_reduce([value], "sum", self.world_size, self.device)[0])
 
     def _global_min(self, value: int) -> int:
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return int(t)
+        return int(all_reduce([value], "min", self.world_size, self.device, torch.int64)[0])
 
     def save(self, out_dir: str, tokenizer_path: str) -> str | None:
         """All ranks call this; rank 0 writes a Hugging Face directory (LoRA merged)."""

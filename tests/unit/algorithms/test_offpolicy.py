@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlhf_dist.algorithms import (
+    ISStats,
     group_advantages,
     importance_weights,
     overlong_penalty,
@@ -34,25 +35,25 @@ def test_tis_token_level_truncates_at_the_cap():
     # ratios e, 1/e, sqrt(e) ~ 1.649; cap 2: e is truncated to 2, the others kept.
     weights, stats = importance_weights(*_token_case(), mode="tis", cap=2.0, level="token")
     assert weights.flatten().tolist() == _values(torch.tensor([2.0, 1 / E, SQRT_E, 0.0]))
-    assert stats["weight_mean"].item() == pytest.approx((2.0 + 1 / E + SQRT_E) / 3)
-    assert stats["weight_max"].item() == pytest.approx(2.0)
-    assert stats["clipped_frac"].item() == pytest.approx(1 / 3)
+    assert stats.weight_mean == pytest.approx((2.0 + 1 / E + SQRT_E) / 3)
+    assert stats.weight_max == pytest.approx(2.0)
+    assert stats.clipped_frac == pytest.approx(1 / 3)
 
 
 def test_mis_token_level_masks_outside_the_band():
     # band [1/2, 2]: e is above, 1/e ~ 0.368 below, sqrt(e) inside.
     weights, stats = importance_weights(*_token_case(), mode="mis", cap=2.0, level="token")
     assert weights.flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
-    assert stats["weight_mean"].item() == pytest.approx(1 / 3)
-    assert stats["weight_max"].item() == 1.0
-    assert stats["clipped_frac"].item() == pytest.approx(2 / 3)
+    assert stats.weight_mean == pytest.approx(1 / 3)
+    assert stats.weight_max == 1.0
+    assert stats.clipped_frac == pytest.approx(2 / 3)
 
 
 def test_a_larger_cap_keeps_more():
     # cap 3 > e: nothing truncated by tis; mis keeps e and sqrt(e) (1/e ~ 0.368 > 1/3).
     weights, stats = importance_weights(*_token_case(), mode="tis", cap=3.0)
     assert weights.flatten().tolist() == _values(torch.tensor([E, 1 / E, SQRT_E, 0.0]))
-    assert stats["clipped_frac"].item() == 0.0
+    assert stats.clipped_frac == 0.0
     weights, stats = importance_weights(*_token_case(), mode="mis", cap=3.0)
     assert weights.flatten().tolist() == [1.0, 1.0, 1.0, 0.0]
 
@@ -70,30 +71,30 @@ def test_tis_sequence_level_uses_the_geometric_mean():
     weights, stats = importance_weights(*_sequence_case(), mode="tis", cap=2.0, level="sequence")
     g = math.exp(0.6)
     assert weights.flatten().tolist() == _values(torch.tensor([g, g, 0.0, 2.0, 2.0, 2.0]))
-    assert stats["weight_mean"].item() == pytest.approx((2 * g + 3 * 2.0) / 5)  # over the 5 tokens
-    assert stats["weight_max"].item() == pytest.approx(2.0)
-    assert stats["clipped_frac"].item() == pytest.approx(3 / 5)
+    assert stats.weight_mean == pytest.approx((2 * g + 3 * 2.0) / 5)  # over the 5 tokens
+    assert stats.weight_max == pytest.approx(2.0)
+    assert stats.clipped_frac == pytest.approx(3 / 5)
 
 
 def test_mis_sequence_level_drops_whole_sequences():
     weights, stats = importance_weights(*_sequence_case(), mode="mis", cap=2.0, level="sequence")
     assert weights.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
-    assert stats["weight_mean"].item() == pytest.approx(2 / 5)
-    assert stats["clipped_frac"].item() == pytest.approx(3 / 5)
+    assert stats.weight_mean == pytest.approx(2 / 5)
+    assert stats.clipped_frac == pytest.approx(3 / 5)
 
 
 def test_none_gives_the_mask_and_no_clipping():
     weights, stats = importance_weights(*_token_case(), mode="none", cap=2.0)
     assert weights.tolist() == [[1.0, 1.0, 1.0, 0.0]]
-    assert (stats["weight_mean"].item(), stats["weight_max"].item(), stats["clipped_frac"].item()) == (1.0, 1.0, 0.0)
+    assert (stats.weight_mean, stats.weight_max, stats.clipped_frac) == (1.0, 1.0, 0.0)
 
 
 def test_ratios_at_the_cap_and_its_inverse_count_as_inside():
     proximal = torch.tensor([[math.log(2.0), -math.log(2.0)]])
     weights, stats = importance_weights(proximal, torch.zeros(1, 2), torch.ones(1, 2), mode="mis", cap=2.0)
-    assert weights.tolist() == [[1.0, 1.0]] and stats["clipped_frac"].item() == 0.0
+    assert weights.tolist() == [[1.0, 1.0]] and stats.clipped_frac == 0.0
     weights, stats = importance_weights(proximal, torch.zeros(1, 2), torch.ones(1, 2), mode="tis", cap=2.0)
-    assert weights.flatten().tolist() == _values(torch.tensor([2.0, 0.5])) and stats["clipped_frac"].item() == 0.0
+    assert weights.flatten().tolist() == _values(torch.tensor([2.0, 0.5])) and stats.clipped_frac == 0.0
 
 
 def test_huge_log_ratios_stay_finite():
@@ -112,7 +113,23 @@ def test_weights_are_detached_float32_and_an_empty_mask_gives_zeros():
     weights, stats = importance_weights(proximal, torch.zeros(1, 2), torch.zeros(1, 2), "tis", 2.0)
     assert not weights.requires_grad and weights.dtype == torch.float32
     assert weights.tolist() == [[0.0, 0.0]]
-    assert all(v.item() == 0.0 and not v.requires_grad for v in stats.values())
+    assert stats == ISStats(weight_sum=0.0, clipped=0.0, tokens=0.0, weight_max=0.0)
+    assert stats.metrics() == {"is/weight_mean": 0.0, "is/clipped_frac": 0.0, "is/weight_max": 0.0}
+
+
+def test_importance_stats_are_sums_and_counts_that_add_over_ranks():
+    """Two ranks' shards together give the statistics of one batch holding both (token-weighted)."""
+    proximal, behaviour, mask = _token_case()
+    other_mask = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # only the clipped token (ratio e > 2)
+    _, whole = importance_weights(proximal.repeat(2, 1), behaviour.repeat(2, 1), torch.cat([mask, other_mask]), "tis", 2.0)
+    _, first = importance_weights(proximal, behaviour, mask, "tis", 2.0)
+    _, second = importance_weights(proximal, behaviour, other_mask, "tis", 2.0)
+    assert (first.tokens, second.tokens, first.clipped, second.clipped) == (3.0, 1.0, 1.0, 1.0)
+    added = first + second
+    assert added.tokens == whole.tokens == first.tokens + second.tokens
+    assert added.weight_mean == pytest.approx(whole.weight_mean)
+    assert added.clipped_frac == pytest.approx(whole.clipped_frac)
+    assert added.weight_max == whole.weight_max
 
 
 def test_bad_mode_level_or_cap_is_refused():
@@ -132,7 +149,7 @@ def test_decoupled_loss_is_plain_ppo_when_behaviour_is_proximal():
     logp = (proximal + 0.3 * torch.randn(2, 4)).requires_grad_()
     adv = torch.randn(2, 4)
     weights, stats = importance_weights(proximal, proximal.clone(), mask, "tis", 2.0)
-    assert weights.tolist() == mask.tolist() and stats["clipped_frac"].item() == 0.0
+    assert weights.tolist() == mask.tolist() and stats.clipped_frac == 0.0
     plain, _ = ppo_policy_loss(logp, proximal, adv, mask)
     (plain_grad,) = torch.autograd.grad(plain, logp)
     decoupled, _ = ppo_policy_loss(logp, proximal, adv, mask, weights=weights)

@@ -10,6 +10,7 @@ from rlhf_dist.experience import Experience
 from rlhf_dist.learner.micro_batches import (
     MicroBatch,
     MicroBatchStats,
+    MicroStats,
     balance_groups,
     fixed_groups,
     group_cost,
@@ -133,14 +134,28 @@ def test_padded_positions():
 
 def test_stats_sum_losses_weight_means_by_tokens_and_take_maxima():
     stats = MicroBatchStats()
-    stats.add({"policy/loss": 0.25, "policy/clip_frac": 0.5, "policy/ratio_max": 1.5}, tokens=3)
-    stats.add({"policy/loss": 0.5, "policy/clip_frac": 0.0, "policy/ratio_max": 1.25}, tokens=1)
-    stats.add({"policy/loss": 0.0, "policy/clip_frac": 0.0, "policy/ratio_max": 0.0}, tokens=0)  # stand-in
+    stats.add(MicroStats({"policy/loss": 0.25}, {"policy/clip_frac": 0.5}, {"policy/ratio_max": 1.5}), tokens=3)
+    stats.add(MicroStats({"policy/loss": 0.5}, {"policy/clip_frac": 0.0}, {"policy/ratio_max": 1.25}), tokens=1)
+    stats.add(MicroStats({"policy/loss": 0.0}, {"policy/clip_frac": 0.0}, {"policy/ratio_max": 0.0}), tokens=0)  # stand-in
     assert stats.result() == {"policy/loss": 0.75, "policy/clip_frac": 0.375, "policy/ratio_max": 1.5}
-    # over ranks: the caller sums the first vector and takes the maximum of the second
-    names, summed, max_names, maxed = stats.vectors()
-    assert names == ["policy/loss", "policy/clip_frac", "__tokens__"] and summed == [0.75, 1.5, 4.0]
+    # over ranks: the caller sums the first vector (sums, weighted numerators, tokens) and takes the max of the second
+    summed, maxed = stats.vectors()
+    assert summed == [0.75, 1.5, 4.0] and maxed == [1.5]
     assert stats.result([1.0, 2.0, 8.0], [2.0]) == {"policy/loss": 1.0, "policy/clip_frac": 0.25, "policy/ratio_max": 2.0}
+
+
+def test_a_name_is_reduced_as_its_group_says_whatever_it_is_called():
+    """The reduction comes from the group a value is put in, not from its name: a loss named like a
+    maximum still adds up, a mean named like a loss is still token-weighted."""
+    stats = MicroBatchStats()
+    stats.add(MicroStats(summed={"x_max": 1.0}, weighted={"policy/loss": 1.0}), tokens=1)
+    stats.add(MicroStats(summed={"x_max": 2.0}, weighted={"policy/loss": 4.0}), tokens=3)
+    assert stats.result() == {"x_max": 3.0, "policy/loss": 3.25}
+
+
+def test_policy_and_critic_statistics_of_one_micro_batch_merge():
+    merged = MicroStats({"policy/loss": 1.0}, {"policy/entropy": 2.0}) | MicroStats({"critic/value_loss": 3.0}, {"critic/clip_frac": 0.5})
+    assert merged == MicroStats({"policy/loss": 1.0, "critic/value_loss": 3.0}, {"policy/entropy": 2.0, "critic/clip_frac": 0.5})
 
 
 def test_a_budget_below_one_full_length_sequence_is_a_config_error():
