@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_dist.models.sequences import pad_to_width
+
 # Field groups by shape; `split`, `concat` and validation walk these lists.
 _PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
 _TOKEN_FIELDS = (
@@ -26,7 +28,7 @@ _TOKEN_FIELDS = (
     "advantages",
     "returns",
 )
-_SEQUENCE_FIELDS = ("scores", "prompt_index", "policy_versions", "trainable")
+_SEQUENCE_FIELDS = ("scores", "prompt_index", "policy_versions", "trainable", "truncated")
 
 
 class ExperienceShapeError(ValueError):
@@ -62,6 +64,7 @@ class Experience:
     prompt_index: torch.Tensor | None = None  # (B,) long, the dataset index of each prompt
     policy_versions: torch.Tensor | None = None  # (B,) long, the policy version that sampled each sequence
     trainable: torch.Tensor | None = None  # (B,) 0/1 float, 0 = no loss on this sequence (overlong: mask)
+    truncated: torch.Tensor | None = None  # (B,) bool, the response was cut off at max_new_tokens
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,)
 
     def __post_init__(self) -> None:
@@ -165,24 +168,15 @@ class Experience:
                 continue
             tensors = [getattr(p, name) for p in parts]
             if name in _PROMPT_FIELDS:
-                tensors = [_pad_to(t, prompt_len, left=True) for t in tensors]
+                tensors = [pad_to_width(t, prompt_len, left=True) for t in tensors]
             elif name in _TOKEN_FIELDS:
-                tensors = [_pad_to(t, resp_len, left=False) for t in tensors]
+                tensors = [pad_to_width(t, resp_len, left=False) for t in tensors]
             joined[name] = torch.cat(tensors, dim=0)
         names = set(first.reward_components)
         if any(set(p.reward_components) != names for p in parts):
             raise ExperienceShapeError("cannot concat: parts have different reward components")
         components = {k: torch.cat([p.reward_components[k] for p in parts]) for k in names}
         return cls(**joined, reward_components=components)
-
-
-def _pad_to(x: torch.Tensor, length: int, left: bool) -> torch.Tensor:
-    """Pad the last dim of ``x`` with zeros to ``length`` (pad id 0 is masked out anyway)."""
-    missing = length - x.shape[-1]
-    if missing == 0:
-        return x
-    pad = torch.zeros(*x.shape[:-1], missing, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x] if left else [x, pad], dim=-1)
 
 
 @dataclass
@@ -194,7 +188,6 @@ class StepBatch:
     prompts: list[str]  # (B,) the rendered prompt text of each sequence
     responses: list[str]  # (B,) the decoded response text
     columns: dict[str, list] = field(default_factory=dict)  # row column name -> (B,) values
-    truncated: list[bool] = field(default_factory=list)  # (B,) cut off at max_new_tokens
 
 
 def columns_of(rows: list) -> dict[str, list]:

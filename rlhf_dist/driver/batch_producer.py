@@ -12,12 +12,10 @@ learning signal and are replaced by groups from further rounds (``algorithm.dyna
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,11 +23,12 @@ from rlhf_dist.algorithms import overlong_penalty, select_groups, uniform_groups
 from rlhf_dist.checkpoints.files import load_tree, save_tree
 from rlhf_dist.config import RunConfig
 from rlhf_dist.data import Prompt
-from rlhf_dist.driver.remote_calls import Roles, gather, generate_on, score_on, shard_sizes
+from rlhf_dist.driver.remote_calls import Roles, gather, shard_sizes
+from rlhf_dist.driver.rounds import Call, ScoredRound, generate_and_score
 from rlhf_dist.experience import Experience, StepBatch, columns_of
+from rlhf_dist.metrics.timing import timed
+from rlhf_dist.models.sequences import left_pad, right_pad
 from rlhf_dist.rollout.requests import Request, Sample, request_seed
-
-Call = Callable[[Callable[[], Any]], Any]  # wraps one phase's remote work (the driver's fault recovery)
 
 
 @dataclass
@@ -99,19 +98,16 @@ class RolloutPipeline:
         rollout, algo = self.cfg.rollout, self.cfg.algorithm
         n, groups_wanted = rollout.samples_per_prompt, rollout.prompts_per_step
         timings: dict[str, float] = {}
-        rounds: list[tuple[list[Sample], Any]] = []
+        rounds: list[ScoredRound] = []
         kept = 0
         for round_ in range(1 + (algo.max_sampling_rounds if algo.dynamic_sampling else 0)):
             wanted = groups_wanted if round_ == 0 else groups_wanted - kept
-            indices = self._draw(step, round_, wanted)
-            with _timed(timings, "generate"):
-                samples = call(lambda: self._generate(step, round_, indices))
-            with _timed(timings, "score"):
-                result = call(lambda: self._score(samples))
-            rounds.append((samples, result))
+            requests = self._requests(step, round_, self._draw(step, round_, wanted))
+            scored = generate_and_score(self.roles, self.prompts, requests, rollout.sampling, call=call, timings=timings)
+            rounds.append(scored)
             if not algo.dynamic_sampling:
                 break
-            kept += int((~uniform_groups(result.total, n)).sum())
+            kept += int((~uniform_groups(scored.rewards.total, n)).sum())
             if kept >= groups_wanted:
                 break
         self.after_generate()
@@ -122,8 +118,8 @@ class RolloutPipeline:
             exp.scores = exp.scores + overlong_penalty(lengths, rollout.sampling.max_new_tokens,
                                                        algo.overlong_buffer, algo.overlong_penalty)
         elif algo.overlong == "mask":
-            exp.trainable = 1.0 - batch_truncated(batch)
-        with _timed(timings, "reference"):
+            exp.trainable = 1.0 - exp.truncated.float()
+        with timed(timings, "reference"):
             exp.ref_logprobs = call(lambda: self._reference(exp))
         for key in [k for k in self._drawn if k[0] == step]:
             del self._drawn[key]
@@ -135,47 +131,41 @@ class RolloutPipeline:
             self._drawn[(step, round_)] = self.sampler.next_batch(count)
         return self._drawn[(step, round_)]
 
-    def _generate(self, step: int, round_: int, indices: list[int]) -> list[Sample]:
-        """Sample ``samples_per_prompt`` responses per prompt; round r > 0 (dynamic sampling) has
-        seeds of its own, round 0 the seeds of the plain loop."""
-        rollout = self.cfg.rollout
+    def _requests(self, step: int, round_: int, indices: list[int]) -> list[Request]:
+        """``samples_per_prompt`` requests per prompt; round r > 0 (dynamic sampling) has seeds of
+        its own, round 0 the seeds of the plain loop."""
         stream = f"round{round_}" if round_ else ""
-        requests = [
+        return [
             Request(i, s, self.prompts[i].ids, request_seed(self.cfg.seed, step, i, s, stream))
             for i in indices
-            for s in range(rollout.samples_per_prompt)
+            for s in range(self.cfg.rollout.samples_per_prompt)
         ]
-        return generate_on(self.roles.rollout, requests, rollout.sampling)
-
-    def _score(self, samples: list[Sample]):
-        rows = [self.prompts[s.prompt_index] for s in samples]
-        return score_on(self.roles.reward, [p.text for p in rows], [s.text for s in samples], columns_of(rows))
 
     def _reference(self, exp: Experience) -> torch.Tensor:
         sizes = shard_sizes(exp.batch_size, len(self.roles.reference))
         refs = [a.logprobs.remote(s) for a, s, k in zip(self.roles.reference, exp.shards(sizes), sizes) if k]
         return torch.cat(gather(refs, "reference"))
 
-    def _assemble(self, rounds: list, groups_wanted: int) -> tuple[StepBatch, dict[str, float], int]:
+    def _assemble(self, rounds: list[ScoredRound], groups_wanted: int) -> tuple[StepBatch, dict[str, float], int]:
         """The step's batch from the rounds' groups (informative ones first when dynamic sampling
         is on; without it, round 0 as it came) and its reward statistics."""
         n = self.cfg.rollout.samples_per_prompt
         picks, fillers = [(0, g) for g in range(groups_wanted)], 0
         if self.cfg.algorithm.dynamic_sampling:
-            selection = select_groups([uniform_groups(result.total, n) for _, result in rounds], groups_wanted)
+            selection = select_groups([uniform_groups(r.rewards.total, n) for r in rounds], groups_wanted)
             picks, fillers = selection.slots, groups_wanted - selection.informative
-        samples = [rounds[r][0][g * n + i] for r, g in picks for i in range(n)]
-        total = torch.cat([rounds[r][1].total[g * n:(g + 1) * n] for r, g in picks])
-        names = rounds[0][1].components
-        components = {k: torch.cat([rounds[r][1].components[k][g * n:(g + 1) * n] for r, g in picks]) for k in names}
+        samples = [rounds[r].samples[g * n + i] for r, g in picks for i in range(n)]
+        total = torch.cat([rounds[r].rewards.total[g * n:(g + 1) * n] for r, g in picks])
+        names = rounds[0].rewards.components
+        components = {k: torch.cat([rounds[r].rewards.components[k][g * n:(g + 1) * n] for r, g in picks]) for k in names}
         gold = None
-        if rounds[0][1].gold is not None:
-            gold = torch.cat([rounds[r][1].gold[g * n:(g + 1) * n] for r, g in picks])
+        if rounds[0].rewards.gold is not None:
+            gold = torch.cat([rounds[r].rewards.gold[g * n:(g + 1) * n] for r, g in picks])
         rows = [self.prompts[s.prompt_index] for s in samples]
         exp = self._to_experience(samples)
         exp.scores, exp.reward_components = total, components
         batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=[s.text for s in samples],
-                          columns=columns_of(rows), truncated=[s.truncated for s in samples])
+                          columns=columns_of(rows))
         stats = {"reward/mean": float(total.mean()), "reward/std": float(total.std())}
         stats.update({f"reward/{k}": float(v.mean()) for k, v in components.items()})
         if gold is not None:
@@ -184,21 +174,23 @@ class RolloutPipeline:
             stats["rollout/filtered_groups"] = float(selection.filtered)
             stats["rollout/sampling_rounds"] = float(len(rounds))
             stats["rollout/filler_groups"] = float(fillers)
-        stats["rollout/truncated_frac"] = sum(batch.truncated) / max(1, len(samples))
+        stats["rollout/truncated_frac"] = int(exp.truncated.sum()) / max(1, len(samples))
         return batch, stats, fillers
 
     def _to_experience(self, samples: list[Sample]) -> Experience:
-        prompts = [self.prompts[s.prompt_index].ids for s in samples]
-        width = max(len(p) for p in prompts)
-        length = max(1, max(len(s.response_ids) for s in samples))
+        prompt_ids, prompt_mask = left_pad([self.prompts[s.prompt_index].ids for s in samples], self.pad, torch.float32)
+        length = max(1, max(len(s.response_ids) for s in samples))  # an all-empty batch still has one column
+        response_ids, response_mask = right_pad([s.response_ids for s in samples], self.pad, torch.float32, width=length)
+        rollout_logprobs, _ = right_pad([s.logprobs for s in samples], 0.0, width=length)
         return Experience(
-            prompt_ids=torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts]),
-            prompt_mask=torch.tensor([[0.0] * (width - len(p)) + [1.0] * len(p) for p in prompts]),
-            response_ids=torch.tensor([s.response_ids + [self.pad] * (length - len(s.response_ids)) for s in samples]),
-            response_mask=torch.tensor([[1.0] * len(s.response_ids) + [0.0] * (length - len(s.response_ids)) for s in samples]),
-            rollout_logprobs=torch.tensor([s.logprobs + [0.0] * (length - len(s.logprobs)) for s in samples]),
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            rollout_logprobs=rollout_logprobs,
             prompt_index=torch.tensor([s.prompt_index for s in samples]),
             policy_versions=torch.full((len(samples),), self.version(), dtype=torch.long),
+            truncated=torch.tensor([s.truncated for s in samples]),
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -214,7 +206,7 @@ class RolloutPipeline:
                 "step": step,
                 "tensors": {name: getattr(exp, name) for name in exp._tensor_fields() if getattr(exp, name) is not None},
                 "components": dict(exp.reward_components),
-                "responses": batch.responses, "truncated": batch.truncated,
+                "responses": batch.responses,
                 "stats": produced.stats, "timings": produced.timings, "fillers": produced.fillers,
             }
             (root / "pending").mkdir(exist_ok=True)
@@ -225,26 +217,10 @@ class RolloutPipeline:
         self.ready.clear()
         for path in sorted((root / "pending").glob("step-*.safetensors")):
             tree = load_tree(path)
-            exp = Experience(**tree["tensors"], reward_components=tree["components"])
+            tensors = tree["tensors"]
+            if "truncated" in tree:  # written before `truncated` was a field of Experience
+                tensors["truncated"] = torch.tensor(tree["truncated"], dtype=torch.bool)
+            exp = Experience(**tensors, reward_components=tree["components"])
             rows = [self.prompts[int(i)] for i in exp.prompt_index]
-            batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=tree["responses"],
-                              columns=columns_of(rows), truncated=tree["truncated"])
+            batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=tree["responses"], columns=columns_of(rows))
             self.ready[tree["step"]] = Produced(tree["step"], batch, tree["stats"], tree["timings"], tree["fillers"])
-
-
-def batch_truncated(batch: StepBatch) -> torch.Tensor:
-    """(B,) 1.0 where the response was cut off at ``max_new_tokens``."""
-    return torch.tensor([float(t) for t in batch.truncated])
-
-
-class _timed:
-    """Add the block's wall time to ``timings[name]`` (a phase may run once per sampling round)."""
-
-    def __init__(self, timings: dict[str, float], name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start

@@ -24,9 +24,9 @@ import numpy as np
 from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.data import Prompt
-from rlhf_dist.driver.remote_calls import Roles, generate_on, score_on
+from rlhf_dist.driver.remote_calls import Roles
+from rlhf_dist.driver.rounds import generate_and_score
 from rlhf_dist.errors import UserError
-from rlhf_dist.experience import columns_of
 from rlhf_dist.rollout.requests import Request, request_seed
 
 
@@ -98,10 +98,8 @@ class Evaluator:
             for i, p in enumerate(self.prompts)
             for s in range(k)
         ]
-        samples = generate_on(self.roles.rollout, requests, self.sampling, "rollout (eval)")
-        rows = [self.prompts[s.prompt_index] for s in samples]
-        texts = [p.text for p in rows]
-        result = score_on(self.roles.reward, texts, [s.text for s in samples], columns_of(rows), "reward scorer (eval)")
+        scored = generate_and_score(self.roles, self.prompts, requests, self.sampling, purpose="eval")
+        samples, texts, result = scored.samples, scored.prompt_texts, scored.rewards
         total = result.total.numpy()
         gold = result.gold.numpy() if result.gold is not None else None
         metrics = {

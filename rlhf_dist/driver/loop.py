@@ -16,11 +16,9 @@ checkpoint holds of the driver lives in `rlhf_dist.driver.run_state`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from rlhf_dist.driver.shaping import compute_advantages
 from rlhf_dist.experience import Experience, StepBatch
 from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.metrics.ray_gauges import RayMetricsExporter
+from rlhf_dist.metrics.timing import timed
 from rlhf_dist.weight_sync.controller import WeightSync
 
 log = logging.getLogger(__name__)
@@ -160,13 +159,9 @@ class Driver:
         self.finish_step(step, record, batch)
         return record
 
-    @contextlib.contextmanager
-    def phase(self, name: str | None) -> Iterator[None]:
+    def phase(self, name: str | None):
         """Time the block as ``timing/<name>`` (added up when a phase runs twice; None: untimed)."""
-        start = time.perf_counter()
-        yield
-        if name is not None:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        return timed(self.timings, name)
 
     @property
     def waiting(self) -> str | None:

@@ -4,7 +4,8 @@ scores, and padding.
 The rollout engine, the reference and the learner must compute the *same* distribution, or the
 logprob-mismatch metric is meaningless: all of them use :func:`response_logprobs`, which divides
 the logits by the sampling temperature (vLLM's ``processed_logprobs`` mode does the same).
-Padding of token rows happens here (`left_pad`, `right_pad`) and nowhere else.
+Padding happens here and nowhere else: token rows (`left_pad`, `right_pad`) and tensors joined into
+one batch (`pad_to_width`).
 """
 
 from __future__ import annotations
@@ -74,17 +75,30 @@ def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
     return model.score(pooled).squeeze(-1).float()
 
 
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (B, L), right padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
+def right_pad(rows: list[list], pad, mask_dtype: torch.dtype = torch.long,
+              width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, mask), both (B, width), right padded with ``pad``; ``width`` defaults to the longest row.
+    The values' dtype follows the rows (ids: long, log-probs: float32); the mask is 1 on real entries."""
+    width = max(len(r) for r in rows) if width is None else width
+    values = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=mask_dtype)
+    return values, mask
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (B, L), left padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
+def left_pad(rows: list[list], pad, mask_dtype: torch.dtype = torch.long,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, mask), both (B, width), left padded with ``pad``; as `right_pad` otherwise."""
+    width = max(len(r) for r in rows) if width is None else width
+    values = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=mask_dtype)
+    return values, mask
+
+
+def pad_to_width(x: torch.Tensor, width: int, left: bool) -> torch.Tensor:
+    """``x`` with its last dim zero-padded to ``width``, on the left or the right (when batches of
+    different widths are joined; pad id 0 sits under a 0 mask, so it is never read)."""
+    missing = width - x.shape[-1]
+    if missing == 0:
+        return x
+    pad = torch.zeros(*x.shape[:-1], missing, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x] if left else [x, pad], dim=-1)

@@ -8,26 +8,32 @@ import torch
 from rlhf_dist.config import load_config
 from rlhf_dist.data import Prompt
 from rlhf_dist.driver.batch_producer import Produced, RolloutPipeline
+from rlhf_dist.driver.remote_calls import Roles
+from rlhf_dist.driver.rounds import ScoredRound
 from rlhf_dist.rewards import RewardResult
 from rlhf_dist.rollout.requests import Sample
+from tests.unit.driver.fake_roles import handle
 
 N = 2  # samples per prompt
 
 
-def pipeline(*overrides: str, version: int = 3) -> RolloutPipeline:
+PROMPTS = [Prompt(i, f"prompt {i}", [5, 6 + i], {"answer": str(i)}) for i in range(8)]
+
+
+def pipeline(*overrides: str, version: int = 3, roles=None) -> RolloutPipeline:
     cfg = load_config(None, ["rollout.prompts_per_step=2", f"rollout.samples_per_prompt={N}", "learner.mini_batch_size=4",
                              "learner.micro_batch_size=2", *overrides])
-    prompts = [Prompt(i, f"prompt {i}", [5, 6 + i], {"answer": str(i)}) for i in range(8)]
-    return RolloutPipeline(cfg, roles=None, prompts=prompts, pad_token_id=0, sampler=None, version=lambda: version)
+    return RolloutPipeline(cfg, roles=roles, prompts=PROMPTS, pad_token_id=0, sampler=None, version=lambda: version)
 
 
-def round_of(prompt_indices: list[int], scores: list[float], truncated=()) -> tuple[list[Sample], RewardResult]:
+def round_of(prompt_indices: list[int], scores: list[float], truncated=()) -> ScoredRound:
     samples = [
         Sample(p, s, [7] * (1 + s + p % 3), [-0.5] * (1 + s + p % 3), f"r{p}.{s}", truncated=(p, s) in truncated)
         for p in prompt_indices for s in range(N)
     ]
     total = torch.tensor(scores)
-    return samples, RewardResult(total=total, components={"rule": total.clone()}, gold=total * 2)
+    rewards = RewardResult(total=total, components={"rule": total.clone()}, gold=total * 2)
+    return ScoredRound(samples, [PROMPTS[s.prompt_index] for s in samples], rewards)
 
 
 def test_without_dynamic_sampling_the_first_round_is_the_batch():
@@ -63,7 +69,7 @@ def test_out_of_rounds_the_batch_is_filled_with_uniform_groups_at_zero_advantage
 
 def test_truncated_responses_are_recorded():
     batch, stats, _ = pipeline()._assemble([round_of([0, 1], [0.0, 1.0, 0.0, 1.0], truncated={(1, 0)})], 2)
-    assert batch.truncated == [False, False, True, False] and stats["rollout/truncated_frac"] == 0.25
+    assert batch.exp.truncated.tolist() == [False, False, True, False] and stats["rollout/truncated_frac"] == 0.25
 
 
 def test_batches_produced_ahead_survive_a_checkpoint_exactly(tmp_path):
@@ -79,17 +85,20 @@ def test_batches_produced_ahead_survive_a_checkpoint_exactly(tmp_path):
         a, b = getattr(batch.exp, name), getattr(loaded.batch.exp, name)
         assert (a is None and b is None) or torch.equal(a, b), name
     assert loaded.batch.exp.reward_components.keys() == {"rule"}
-    assert (loaded.batch.prompts, loaded.batch.responses, loaded.batch.columns, loaded.batch.truncated) == (
-        batch.prompts, batch.responses, batch.columns, batch.truncated)
+    assert loaded.batch.exp.truncated.tolist() == [False, True, False, False]
+    assert (loaded.batch.prompts, loaded.batch.responses, loaded.batch.columns) == (
+        batch.prompts, batch.responses, batch.columns)
     assert loaded.stats == stats and loaded.timings == {"generate": 0.5}
 
 
-def produce_with(p: RolloutPipeline, rounds: list) -> Produced:
-    """`produce` with the remote calls replaced by the given rounds (the logic under test is local)."""
-    queue = rounds  # consumed: what is left was never sampled
-    p.sampler = SimpleNamespace(next_batch=lambda n: list(range(n)))
-    p._generate = lambda step, round_, indices: queue[0][0]
-    p._score = lambda samples: queue.pop(0)[1]
+def produce_with(p: RolloutPipeline, rounds: list[ScoredRound]) -> Produced:
+    """`produce` over in-process roles that answer with the given rounds, one per sampling round (the
+    sampler draws each round's prompts); what is left in ``rounds`` afterwards was never sampled."""
+    queue = rounds
+    generator = SimpleNamespace(generate=lambda requests, sampling: queue[0].samples)
+    scorer = SimpleNamespace(score=lambda prompts, responses, columns: queue.pop(0).rewards)
+    p.roles = Roles(rollout=[handle(generator)], reward=[handle(scorer)], reference=[], learners=[])
+    p.sampler = SimpleNamespace(next_batch=lambda n: sorted({s.prompt_index for s in queue[0].samples}))
     p._reference = lambda exp: torch.zeros(exp.response_ids.shape)
     return p.produce(0, lambda work: work())
 
