@@ -40,7 +40,7 @@ from rlhf_dist.learner.train_stats import TrainStats
 from rlhf_dist.models.loading import disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora
 from rlhf_dist.models.saving import write_hf_model
-from rlhf_dist.models.sequences import response_logprobs
+from rlhf_dist.models.sequences import probe_logprobs, response_logprobs
 from rlhf_dist.models.weights import adapter_entries, adapter_spec, full_state_dict, gathered, weight_entries
 from rlhf_dist.weight_sync.buckets import Bucket, TensorMeta, WeightLayout, plan_buckets
 from rlhf_dist.weight_sync.channels import LearnerSender
@@ -145,10 +145,7 @@ class Learner:
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-probs (temperature 1) of tokens 1.. of ``token_ids`` given their prefixes."""
-        ids = torch.tensor([token_ids], device=self.device)
-        logits = self.policy(input_ids=ids).logits[0, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-        return logp.cpu().tolist()
+        return probe_logprobs(self.policy, token_ids, self.device)
 
     # -- training -------------------------------------------------------------------------------
 

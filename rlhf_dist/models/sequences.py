@@ -102,3 +102,12 @@ def pad_to_width(x: torch.Tensor, width: int, left: bool) -> torch.Tensor:
         return x
     pad = torch.zeros(*x.shape[:-1], missing, dtype=x.dtype, device=x.device)
     return torch.cat([pad, x] if left else [x, pad], dim=-1)
+
+
+@torch.no_grad()
+def probe_logprobs(model: torch.nn.Module, token_ids: list[int], device: torch.device | str) -> list[float]:
+    """Log-probs (temperature 1) of tokens 1.. of ``token_ids`` given their prefixes: what a weight
+    sync compares between the learner and each transformers engine (vLLM has its own path)."""
+    ids = torch.tensor([token_ids], device=device)
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].cpu().tolist()
