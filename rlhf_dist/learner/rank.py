@@ -25,6 +25,7 @@ from rlhf_dist.algorithms import (
 from rlhf_dist.checkpoints.files import CheckpointError, load_tree, rng_state, save_tree, set_rng_state
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
+from rlhf_dist.learner.collectives import all_reduce
 from rlhf_dist.learner.critic import CriticModel
 from rlhf_dist.learner.engine import build_engine, init_learner_world
 from rlhf_dist.learner.lr_schedule import rl_optimizer_steps, schedule_from_config
@@ -35,7 +36,6 @@ from rlhf_dist.learner.micro_batches import (
     padded_positions,
     plan_micro_batches,
 )
-from rlhf_dist.learner.ranks import all_reduce
 from rlhf_dist.learner.train_stats import TrainStats
 from rlhf_dist.models.loading import disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora

@@ -14,9 +14,9 @@ import torch
 
 from rlhf_dist.algorithms import bradley_terry_loss, dpo_loss
 from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.learner.collectives import all_reduce
 from rlhf_dist.learner.engine import build_engine, init_learner_world
 from rlhf_dist.learner.lr_schedule import schedule_from_config, stage_optimizer_steps
-from rlhf_dist.learner.ranks import all_reduce
 from rlhf_dist.models.loading import DTYPES, disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora
 from rlhf_dist.models.saving import write_hf_model
