@@ -6,15 +6,14 @@ import ray
 import torch
 
 from actors.shell import ComputeClock, computing
-from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
-from rlhf_dist.models.reference import ReferenceModel
+from rlhf_dist.models.reference import ReferenceModel, ReferenceSpec
 
 
 @ray.remote
 class ReferenceActor(ComputeClock):
-    def __init__(self, model_path: str, cfg: RunConfig):
-        self.model = ReferenceModel(model_path, cfg)
+    def __init__(self, spec: ReferenceSpec):
+        self.model = ReferenceModel(spec)
 
     @computing
     def logprobs(self, exp: Experience) -> torch.Tensor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ray
 
 from actors.shell import ComputeClock, computing
-from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout.engines import make_engine
 from rlhf_dist.rollout.requests import Request, Sample
+from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.weight_sync.buckets import WeightLayout
 from rlhf_dist.weight_sync.controller import SyncReceipt
 from rlhf_dist.weight_sync.transports import GeneratorRoute
@@ -16,8 +16,8 @@ from rlhf_dist.weight_sync.transports import GeneratorRoute
 
 @ray.remote
 class RolloutWorker(ComputeClock):
-    def __init__(self, model_path: str, cfg: RunConfig, seed: int):
-        self.engine = make_engine(model_path, cfg, seed)
+    def __init__(self, spec: EngineSpec):
+        self.engine = make_engine(spec)
 
     def ready(self) -> bool:
         return True

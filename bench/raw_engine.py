@@ -45,6 +45,7 @@ from rlhf_dist.data import PromptSampler
 from rlhf_dist.models.loading import load_tokenizer
 from rlhf_dist.rollout.hf_engine import HFEngine
 from rlhf_dist.rollout.requests import Request, request_seed
+from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.rollout.vllm_engine import VLLMEngine
 
 Call = Callable[[list[Request]], int]  # one step's requests -> response tokens made
@@ -132,7 +133,7 @@ def ours(engine: VLLMEngine | HFEngine, cfg: RunConfig) -> Call:
     return lambda requests: sum(len(s.response_ids) for s in engine.generate(requests, cfg.rollout.sampling))
 
 
-def through_ray(model_path: str, cfg: RunConfig) -> tuple[Call, int]:
+def through_ray(spec: EngineSpec, cfg: RunConfig) -> tuple[Call, int]:
     """Our `RolloutWorker` actor (its engine in a process of its own, as in a run) called through
     ``generate_on``, as the pipeline calls it, on a local Ray with our actors' environment; and the
     actor process's niceness (Ray starts its workers at ``worker_niceness``, 15 by default)."""
@@ -144,7 +145,7 @@ def through_ray(model_path: str, cfg: RunConfig) -> tuple[Call, int]:
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": actor_env()})
-    worker = RolloutWorker.options(num_cpus=cfg.placement.rollout.num_cpus).remote(model_path, cfg, cfg.seed)
+    worker = RolloutWorker.options(num_cpus=cfg.placement.rollout.num_cpus).remote(spec)
 
     def call(requests: list[Request]) -> int:
         return sum(len(s.response_ids) for s in generate_on([worker], requests, cfg.rollout.sampling))
@@ -166,10 +167,10 @@ def main() -> None:
     times: dict = {"requests_per_call": len(steps[0])}
     # HF first: vLLM's CPU worker, once started in this process, binds its memory to a NUMA node
     # and turns torch.set_num_threads into a no-op; the HF engines run in actors without it.
-    times |= time_turns({"hf": raw_hf(args.model, cfg), "ours_hf": ours(HFEngine(args.model, cfg, cfg.seed), cfg)},
-                        steps, args.warmup)
-    engine = VLLMEngine(args.model, cfg, cfg.seed)
-    actor, times["ray_worker_nice"] = through_ray(args.model, cfg)
+    spec = EngineSpec.from_config(cfg, args.model, cfg.seed)
+    times |= time_turns({"hf": raw_hf(args.model, cfg), "ours_hf": ours(HFEngine(spec), cfg)}, steps, args.warmup)
+    engine = VLLMEngine(spec)
+    actor, times["ray_worker_nice"] = through_ray(spec, cfg)
     times["bench_nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     vllm_calls = {"vllm": raw_vllm(engine, cfg, steps), "ours_vllm": ours(engine, cfg), "ours_vllm_ray": actor}
     # The first two share one engine: empty its prefix cache before each call, as a weight sync

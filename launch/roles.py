@@ -22,7 +22,9 @@ from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import RoleResources
 from rlhf_dist.driver.remote_calls import Roles, gather
 from rlhf_dist.errors import UserError
+from rlhf_dist.models.reference import ReferenceSpec
 from rlhf_dist.planning.placement import PlacementError, Plan, plan_placement
+from rlhf_dist.rollout.spec import EngineSpec
 
 NAMESPACE = "rlhf-dist"
 PLACEMENT_TIMEOUT_S = 120.0
@@ -175,7 +177,7 @@ def _start_actors(
     rollout = [
         RolloutWorker.options(
             **_options(f"rollout-{i}", place.rollout, restarts), **_slot(plan, groups, "rollout", i)
-        ).remote(model_path, cfg, seed + i)
+        ).remote(EngineSpec.from_config(cfg, model_path, seed + i))
         for i in range(cfg.rollout.num_workers)
     ]
     reward = [
@@ -184,11 +186,11 @@ def _start_actors(
         ).remote(cfg.reward)
         for i in range(cfg.reward.num_workers)
     ]
-    reference_path = cfg.reference.path or model_path
+    reference_spec = ReferenceSpec.from_config(cfg, model_path)
     reference = [
         ReferenceActor.options(
             **_options(f"reference-{i}", place.reference, restarts), **_slot(plan, groups, "reference", i)
-        ).remote(reference_path, cfg)
+        ).remote(reference_spec)
         for i in range(cfg.reference.num_workers)
     ]
     learners, (master_addr, master_port) = start_world(Learner, plan, groups, place.learner)

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from rlhf_dist.config.schema import RunConfig
 from rlhf_dist.rollout.hf_engine import HFEngine
+from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.rollout.vllm_engine import VLLMEngine
 
 
-def make_engine(model_path: str, cfg: RunConfig, seed: int) -> VLLMEngine | HFEngine:
-    return VLLMEngine(model_path, cfg, seed) if cfg.rollout.engine == "vllm" else HFEngine(model_path, cfg, seed)
+def make_engine(spec: EngineSpec) -> VLLMEngine | HFEngine:
+    return VLLMEngine(spec) if spec.engine == "vllm" else HFEngine(spec)

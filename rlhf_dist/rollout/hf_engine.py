@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_dist.config.schema import RunConfig, SamplingConfig
+from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.models.loading import load_causal_lm, load_tokenizer
+from rlhf_dist.models.sequences import left_pad, probe_logprobs
 from rlhf_dist.rollout.requests import Request, Sample
+from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.weight_sync.adapters import load_into_peft
 from rlhf_dist.weight_sync.buckets import WeightLayout
 from rlhf_dist.weight_sync.channels import open_receiver
@@ -26,10 +28,10 @@ class HFEngine:
     With LoRA on, the first adapter sync wraps the model with peft; every sync loads into it.
     """
 
-    def __init__(self, model_path: str, cfg: RunConfig, seed: int):
+    def __init__(self, spec: EngineSpec):
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.trust_remote_code).to(self.device).eval()
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
+        self.model = load_causal_lm(spec.model_path, spec.dtype, spec.trust_remote_code).to(self.device).eval()
+        self.tokenizer = load_tokenizer(spec.tokenizer_path, spec.trust_remote_code)
         self.batch_size = 64
         self._sync: SyncGroup | IpcReceiver | None = None
 
@@ -48,9 +50,8 @@ class HFEngine:
 
     def _generate_batch(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        width = max(len(r.prompt_ids) for r in requests)
-        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests], device=self.device)
+        ids, mask = left_pad([r.prompt_ids for r in requests], pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(r.seed) for r in requests]
         done = torch.zeros(len(requests), dtype=torch.bool, device=self.device)
         tokens, logps = [], []
@@ -104,9 +105,7 @@ class HFEngine:
 
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
-        ids = torch.tensor([token_ids], device=self.device)
-        logits = self.model(input_ids=ids).logits[0, :-1].float()
-        return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].cpu().tolist()
+        return probe_logprobs(self.model, token_ids, self.device)
 
 
 def _processed_logprobs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:

@@ -12,8 +12,9 @@ import os
 
 import torch
 
-from rlhf_dist.config.schema import RunConfig, SamplingConfig
+from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout.requests import Request, Sample, prefill_batches
+from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.weight_sync.adapters import AdapterVersions, vllm_max_lora_rank
 from rlhf_dist.weight_sync.buckets import WeightLayout
 from rlhf_dist.weight_sync.transports import GeneratorRoute
@@ -26,8 +27,8 @@ class VLLMEngine:
     before the first sync the adapter is zero, which is the base model itself.
     """
 
-    def __init__(self, model_path: str, cfg: RunConfig, seed: int):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
+    def __init__(self, spec: EngineSpec):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(spec.kv_cache_gib))))
         if not torch.cuda.is_available():
             # Engine and worker in this process: seconds to start instead of a minute on CPU.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -35,27 +36,29 @@ class VLLMEngine:
 
         # Colocated with the learners, the engine frees its GPU memory while they train. Sleep
         # mode is a GPU feature (on CPU vLLM accepts the calls and does nothing).
-        self.sleep_mode = cfg.placement.colocate and torch.cuda.is_available()
+        self.sleep_mode = spec.colocate and torch.cuda.is_available()
         self.asleep = False
-        tp = cfg.rollout.tensor_parallel_size
+        tp = spec.tensor_parallel_size
         self.lora_request = None
         lora_args = {}
-        if cfg.learner.lora.enabled:  # adapter-only sync: every version arrives as an adapter
+        if spec.lora_rank is not None:  # adapter-only sync: every version arrives as an adapter
             self.adapters = AdapterVersions()
             # One adapter serves at a time; the CPU cache holds the new one beside the old until eviction.
-            lora_args = dict(enable_lora=True, max_lora_rank=vllm_max_lora_rank(cfg.learner.lora.r), max_loras=1, max_cpu_loras=2)
+            lora_args = dict(
+                enable_lora=True, max_lora_rank=vllm_max_lora_rank(spec.lora_rank), max_loras=1, max_cpu_loras=2
+            )
         self.llm = LLM(
-            model=model_path,
-            tokenizer=cfg.model.tokenizer or model_path,
-            dtype=cfg.model.dtype,
-            seed=seed,
-            max_model_len=cfg.rollout.max_model_len,
+            model=spec.model_path,
+            tokenizer=spec.tokenizer_path,
+            dtype=spec.dtype,
+            seed=spec.seed,
+            max_model_len=spec.max_model_len,
             enforce_eager=not torch.cuda.is_available(),
-            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            tensor_parallel_size=tp,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlhf_dist.weight_sync.vllm_worker.VLLMWorkerExtension",
-            trust_remote_code=cfg.model.trust_remote_code,
+            trust_remote_code=spec.trust_remote_code,
             enable_sleep_mode=self.sleep_mode,
             # The actor holds its engine's GPUs in one placement bundle (rlhf_dist/planning/placement.py):
             # tensor-parallel ranks are local processes, not Ray actors of their own.

@@ -6,6 +6,7 @@ import pytest
 
 from rlhf_dist.rollout.vllm_engine import VLLMEngine
 
+
 class FakeLLM:
     def __init__(self):
         self.calls = []
