@@ -31,11 +31,13 @@ def tiny(tiny_model):
 def no_ray(monkeypatch):
     """Every case here must fail before Ray starts: make starting it an error."""
     import launch.roles
+    import launch.stages
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started for an input that should have been rejected first")
 
-    monkeypatch.setattr(launch.roles, "start_ray_cpus", refuse)
+    monkeypatch.setattr(launch.roles, "start_ray_cpus", refuse)  # what `train` reaches through start_ray
+    monkeypatch.setattr(launch.stages, "start_ray_cpus", refuse)  # what the stages call
 
 
 def train(capsys, *args):
@@ -178,12 +180,12 @@ REACHED_RAY = "stopped where Ray would start (test)"
 @pytest.fixture
 def stop_at_ray(monkeypatch):
     """Runs that pass every check stop where Ray would start, with a line of their own."""
-    import launch.roles
+    import launch.run
 
     def start_ray(cfg):
         raise UserError(REACHED_RAY)
 
-    monkeypatch.setattr(launch.roles, "start_ray", start_ray)
+    monkeypatch.setattr(launch.run, "start_ray", start_ray)  # where `train` calls it
 
 
 def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_by_a_new_run(tmp_path, tiny, capsys, stop_at_ray):
@@ -213,12 +215,12 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path
     """A run that fails where Ray starts (after claiming the dir, building the tiny model and writing
     config.yaml), or one that died after opening metrics.jsonl, leaves a dir the same command may
     use again: the rerun passes every check and gets as far as starting Ray."""
-    import launch.roles
+    import launch.run
 
     def ray_fails(cfg):
         raise UserError("Ray did not start (test)")
 
-    monkeypatch.setattr(launch.roles, "start_ray", ray_fails)
+    monkeypatch.setattr(launch.run, "start_ray", ray_fails)
     run_dir = tmp_path / "run"
     code, err = train(capsys, "--run-dir", str(run_dir))
     assert code == 2 and "Ray did not start" in err
@@ -236,7 +238,7 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path
     def reached_ray(cfg):
         raise UserError(REACHED_RAY)
 
-    monkeypatch.setattr(launch.roles, "start_ray", reached_ray)
+    monkeypatch.setattr(launch.run, "start_ray", reached_ray)
     for again in (run_dir, died, legacy):
         code, err = train(capsys, "--run-dir", str(again))
         assert code == 2 and REACHED_RAY in err, err
