@@ -3,7 +3,7 @@
 Data is read and tokenised here, before any actor starts, so a bad row fails fast with its line
 number. The stage's DeepSpeed world is planned on the cluster's nodes and started by the launcher
 that starts the RL learners (launch/roles.py `start_world`); the loop itself is the library's
-(rlhf_dist/stages/loop.py). The model is written in Hugging Face format for the next stage.
+(rlhf_dist/stages/epochs.py). The model is written in Hugging Face format for the next stage.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rlhf_dist.errors import UserError
 from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.models.loading import load_tokenizer
 from rlhf_dist.planning.placement import plan_world
-from rlhf_dist.stages.loop import StageResult, train_stage
+from rlhf_dist.stages.epochs import StageResult, train_stage
 from rlhf_dist.stages.stage_data import load_rows, preference_examples, sft_examples
 
 

@@ -27,11 +27,11 @@ def _demo(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"demo-{args.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     # imported here, not at the top: each recipe loads torch and Ray; `--help` must not wait for them
     if args.recipe == "arithmetic":
-        from launch.demo_arithmetic import run_arithmetic_demo
+        from launch.demos.arithmetic import run_arithmetic_demo
 
         run_arithmetic_demo(run_dir, seed=args.seed, small=args.small)
     else:
-        from launch.demo import run_demo
+        from launch.demos.preference import run_demo
 
         run_demo(run_dir, small=args.small)
     return 0

@@ -20,8 +20,8 @@ from launch.cli.make_tiny import add_make_tiny_parser
 from launch.cli.monitor import add_monitor_parser
 from launch.cli.plan import add_plan_parser
 from launch.cli.plot import add_plot_parser
-from launch.cli.stages import add_stage_parsers
 from launch.cli.submit import add_job_parsers, with_default_kind
+from launch.cli.supervised import add_stage_parsers
 from launch.cli.train import add_train_parser
 from rlhf_dist.errors import UserError
 

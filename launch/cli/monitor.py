@@ -9,7 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from launch.monitor import (
+from launch.dashboards import (
     Session,
     grafana_command,
     install_dashboard,

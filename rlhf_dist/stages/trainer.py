@@ -1,6 +1,6 @@
 """SFT, reward-model and DPO training on one rank of a DeepSpeed world (the PPO learner's machinery).
 
-`actors/stage.py` wraps `StageTrainer` in a Ray actor; rlhf_dist/stages/loop.py shards the examples
+`actors/stage.py` wraps `StageTrainer` in a Ray actor; rlhf_dist/stages/epochs.py shards the examples
 over the ranks and calls every rank at once. Losses are sums over this rank's examples divided by
 the global count of the mini-batch (tokens for SFT, pairs for RM and DPO), so gradients equal
 those of one big batch whatever the number of ranks and micro-batches.

@@ -5,11 +5,11 @@ declared, not real: what is checked is the environment Ray gives each actor with
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.shell import ComputeClock, actor_env
+from tests.integration.conftest import simulated_cluster
 
 
 @ray.remote
@@ -19,13 +19,8 @@ class Probe(ComputeClock):
 
 @pytest.fixture(scope="module")
 def gpu_node():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2})
-    ray.init(address=c.address, runtime_env={"env_vars": actor_env()})
-    try:
+    with simulated_cluster({"num_cpus": 2, "num_gpus": 2}, wait=False, runtime_env={"env_vars": actor_env()}) as (c, _):
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_actors_see_only_the_gpus_they_were_assigned(gpu_node):

@@ -9,7 +9,6 @@ generator to the 1-GPU node.
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from actors.shell import actor_env
 from launch.cluster import live_nodes, state_api_nodes
@@ -17,6 +16,7 @@ from launch.roles import NAMESPACE, build_roles, stop_roles
 from launch.run import train
 from rlhf_dist.config import load_config
 from rlhf_dist.planning.placement import plan_placement
+from tests.integration.conftest import simulated_cluster
 
 OVERRIDES = [
     "placement.learner.num_gpus=1", "placement.rollout.num_gpus=1", "learner.num_workers=2",
@@ -26,17 +26,12 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    c.add_node(num_cpus=2, num_gpus=2, resources={"learners": 1})
-    c.add_node(num_cpus=2, num_gpus=1, resources={"generators": 1})
-    c.wait_for_nodes()
-    context = ray.init(address=c.address, namespace=NAMESPACE, runtime_env={"env_vars": actor_env()})
-    by_resource = {key: n["NodeID"] for n in ray.nodes() for key in ("learners", "generators") if key in n["Resources"]}
-    try:
+    nodes = ({"num_cpus": 2, "num_gpus": 2, "resources": {"learners": 1}},
+             {"num_cpus": 2, "num_gpus": 1, "resources": {"generators": 1}})
+    with simulated_cluster({"num_cpus": 1, "num_gpus": 0}, *nodes, namespace=NAMESPACE,
+                           runtime_env={"env_vars": actor_env()}) as (c, context):
+        by_resource = {key: n["NodeID"] for n in ray.nodes() for key in ("learners", "generators") if key in n["Resources"]}
         yield c, by_resource | {"dashboard": f"http://{context.dashboard_url}"}
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from launch.cli.main import main
-from launch.monitor import Session, install_dashboard, prometheus_command, session_dir
+from launch.dashboards import Session, install_dashboard, prometheus_command, session_dir
 from rlhf_dist.errors import UserError
 from rlhf_dist.metrics import grafana
 
