@@ -205,12 +205,13 @@ def test_ray_start_is_retried_once_then_one_line(monkeypatch):
 
 
 def test_an_unforeseen_error_is_one_line_and_debug_shows_it(monkeypatch, capsys):
+    import launch.cli.config
     import launch.cli.main
 
     def broken(args):
         raise RuntimeError("something we did not foresee\nsecond line")
 
-    monkeypatch.setattr(launch.cli.main, "_config_show", broken)
+    monkeypatch.setattr(launch.cli.config, "_config_show", broken)  # the handler `config show` is built with
     assert launch.cli.main.main(["config", "show"]) == 1
     err = capsys.readouterr().err
     assert err == "rlhf-dist: failed: RuntimeError: something we did not foresee; rerun with --debug for the traceback\n"
