@@ -71,7 +71,7 @@ def test_ppo_learner_checkpoints_in_train_mode_and_measures_in_eval_mode(model_d
     values = learner.values(_experience(0))
     assert critic_calls == [False] * 4 and values.shape == (BATCH, 6)
     critic_calls.clear()
-    stats = learner.train(_experience(0), kl_coef=0.0)
+    stats = learner.train(_experience(0), kl_coef=0.0).means
     # 4 micro-batches of old log-probs in eval mode, then 4 training micro-batches in train mode,
     # each seen twice: the forward and its recompute in backward.
     assert policy_calls == [False] * 4 + [True] * 8
@@ -90,10 +90,10 @@ def test_ppo_learner_checkpoints_in_train_mode_and_measures_in_eval_mode(model_d
 
     # Resume: save after this step, take two more, restore, retake them: identical LRs and losses.
     learner.save_checkpoint(str(tmp_path / "ckpt"))
-    first = [learner.train(_experience(s), kl_coef=0.0) for s in (1, 2)]
+    first = [learner.train(_experience(s), kl_coef=0.0) for s in (1, 2)]  # whole TrainStats, compared below
     schedule = LRSchedule("linear", warmup_steps=3, total_steps=8, min_lr_ratio=0.5)
-    assert first[0]["train/lr"] == pytest.approx(LR * schedule(3))  # end of warmup: 1
-    assert first[1]["train/lr"] == pytest.approx(LR * schedule(5))  # decaying: 0.5 + 0.5 * 3/5
+    assert first[0].means["train/lr"] == pytest.approx(LR * schedule(3))  # end of warmup: 1
+    assert first[1].means["train/lr"] == pytest.approx(LR * schedule(5))  # decaying: 0.5 + 0.5 * 3/5
     learner.load_checkpoint(str(tmp_path / "ckpt"))
     again = [learner.train(_experience(s), kl_coef=0.0) for s in (1, 2)]
     assert again == first
@@ -102,7 +102,7 @@ def test_ppo_learner_checkpoints_in_train_mode_and_measures_in_eval_mode(model_d
 def test_without_checkpointing_nothing_is_recomputed(model_dir):
     learner = _learner(model_dir, "learner.gradient_checkpointing=false")
     calls = _record_modes(learner.policy.module.model.layers[0])
-    stats = learner.train(_experience(0), kl_coef=0.0)
+    stats = learner.train(_experience(0), kl_coef=0.0).means
     assert calls == [False] * 4 + [True] * 4
     assert stats["train/lr"] == LR  # constant schedule, no warmup
     assert "train/critic_lr" not in stats

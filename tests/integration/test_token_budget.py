@@ -76,8 +76,8 @@ def _learner(model_dir, rank, world, port, budget, zero_stage=2) -> Learner:
 
 
 def _train(learner: Learner, shard: Experience) -> tuple[dict, dict, int]:
-    """One train() call: its stats, the full gradients at the optimizer step, and the number of
-    backward passes the policy ran."""
+    """One train() call: its statistics (`TrainStats.means`, a plain dict that crosses torch.save), the
+    full gradients at the optimizer step, and the number of backward passes the policy ran."""
     from deepspeed.utils import safe_get_full_grad
 
     grads: dict[str, torch.Tensor] = {}
@@ -94,7 +94,7 @@ def _train(learner: Learner, shard: Experience) -> tuple[dict, dict, int]:
         if name == "policy":
             engine.backward = lambda *a, backward=backward, **k: backwards.append(1) or backward(*a, **k)
     stats = learner.train(shard, kl_coef=0.1)
-    return stats, grads, len(backwards)
+    return stats.means, grads, len(backwards)
 
 
 def _two_ranks(rank, port, model_dir, shards, zero_stage, out):
