@@ -4,6 +4,10 @@ Every test here is marked ``e2e`` and ``slow``.
 `ray_head` is one real `ray start --head --block` per test module (dashboard, Jobs API and a
 metrics export port, 4 CPUs), for the tests that submit jobs; it is stopped through its own process
 group, never with `ray stop --force` (which would stop every local Ray on the machine).
+
+`local_ray` starts the local Ray that a module's in-process runs (`launch.run.train`) then share: a run
+finds Ray up and joins it instead of starting and stopping its own, as the demo's stages do, so the
+module pays Ray's start once.
 """
 
 import os
@@ -16,7 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 
+from launch.roles import start_ray_cpus
 from rlhf_dist.weight_sync.group import free_port
 from tests.conftest import mark_tier
 
@@ -54,5 +60,27 @@ def ray_head():
                 time.sleep(1)
         yield {"address": address, "metrics": metrics, "env": env}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes
-        proc.wait(timeout=60)
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a `ray start --block` head and everything it started (its own process group): SIGTERM, then
+    SIGKILL after ``grace_s``. Ray's graceful stop of an idle head takes ~30 s, and no test reads what
+    it would write on the way out."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    start_ray_cpus(2)  # as `train` starts it: every core, our namespace, the actors' environment
+    yield
+    ray.shutdown()

@@ -15,7 +15,9 @@ import pytest
 
 from launch.run import train
 from rlhf_dist.config import load_config
+from tests.e2e.test_console import classify
 
+CLI_STEPS = 12
 REQUIRED_KEYS = {
     "step", "policy_version", "reward/mean", "reward/gold_mean", "kl/mean", "rollout/logprob_abs_diff",
     "sync/verified", "throughput/tokens_per_s", "policy/entropy", "policy/clip_frac",
@@ -45,7 +47,7 @@ def _check_learned(records, steps):
         ("reinforce_pp", ["algorithm.kl.mode=reward", "algorithm.kl.kind=k1"]),
     ],
 )
-def test_algorithm_raises_gold_reward(algorithm, overrides, tmp_path):
+def test_algorithm_raises_gold_reward(algorithm, overrides, tmp_path, local_ray):
     steps = 12
     cfg = load_config(
         None,
@@ -58,14 +60,23 @@ def test_algorithm_raises_gold_reward(algorithm, overrides, tmp_path):
         assert all(math.isfinite(r["critic/value_loss"]) for r in result.records)
 
 
-def test_default_run_from_the_command_line(tmp_path):
-    """`rlhf-dist train` on the embedded default (GRPO), shortened; then its outputs as a user reads them."""
-    steps = 12
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def default_cli_run(tmp_path_factory):
+    """`rlhf-dist train` on the embedded default (GRPO), shortened, as a user starts it from a shell
+    whose output is not a terminal (one line per step); shared by the tests of its outputs and of its
+    console (tests/e2e/test_console.py's rules)."""
+    run_dir = tmp_path_factory.mktemp("default") / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "launch", "train", f"steps={steps}", "--run-dir", str(run_dir), "--no-progress"],
+        [sys.executable, "-m", "launch", "train", f"steps={CLI_STEPS}", "--run-dir", str(run_dir)],
         capture_output=True, text=True, timeout=900,
     )
+    return run_dir, out
+
+
+def test_default_run_from_the_command_line(default_cli_run):
+    """The run learns, and its outputs are what a user reads."""
+    run_dir, out = default_cli_run
+    steps = CLI_STEPS
     assert out.returncode == 0, out.stderr[-3000:]
     assert "gold reward" in out.stdout and str(run_dir) in out.stdout
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -97,7 +108,7 @@ def test_default_run_from_the_command_line(tmp_path):
     assert hf_ids == vllm_ids
 
 
-def test_async_rollouts_learn_with_staleness_at_most_one(tmp_path):
+def test_async_rollouts_learn_with_staleness_at_most_one(tmp_path, local_ray):
     """rollout.async_steps=1: step t trains on a batch sampled by policy version t-1 while the
     generators sample step t+1's; truncated importance weights correct for the one-version gap."""
     steps = 12
@@ -118,3 +129,34 @@ def test_async_rollouts_learn_with_staleness_at_most_one(tmp_path):
     assert records[0]["is/clipped_frac"] == 0.0 and abs(records[0]["is/weight_mean"] - 1.0) < 1e-3
     assert all(r["sync/verified"] == 1.0 for r in records)
     assert "timing/rollout_wait" in records[1] and "timing/logprobs" in records[1]
+
+
+def test_a_default_run_speaks_in_our_voice_and_logs_the_libraries_to_the_run_dir(default_cli_run):
+    """The console of that run, as a user sees it: only the tool's own lines on the terminal, the
+    libraries' output in RUN_DIR/logs/ (what counts as ours: tests/e2e/test_console.py)."""
+    run_dir, out = default_cli_run
+    transcript = out.stdout + out.stderr
+    assert out.returncode == 0, transcript[-4000:]
+    ours, theirs = classify(transcript)
+    share = len(theirs) / (len(ours) + len(theirs))
+    assert share <= 0.10, f"{len(theirs)} of {len(ours) + len(theirs)} lines are not ours:\n" + "\n".join(theirs)
+    assert not theirs, "library lines on the terminal:\n" + "\n".join(theirs)
+
+    # One line per startup phase, with its time, in our words.
+    for phase in ("starting Ray (", "vLLM engine 1/1 ready (", "learners ready: ZeRO-2, 2 ranks (",
+                  "reward ready: 1 scorer (", "reference model ready: 1 actor ("):
+        assert any(line.startswith(phase) or phase in line for line in ours), f"no phase line {phase!r}"
+    assert sum(line.startswith("step ") for line in ours) == CLI_STEPS  # not a terminal: a line per step
+    assert f"{CLI_STEPS} steps logged (0-{CLI_STEPS - 1}); windows of 5 steps" in out.stdout
+    outputs = next(line for line in ours if line.startswith("outputs: "))
+    for entry in ("config.yaml", "metrics.jsonl", "checkpoints/", "logs/", "tiny-model/", "final/"):
+        assert entry in outputs
+
+    # The libraries' output is in RUN_DIR/logs/, one file per actor, and known noise stays there.
+    logs = run_dir / "logs"
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    rollout = (logs / "rollout-0.log").read_text()
+    assert "Initializing a V1 LLM engine" in rollout
+    assert "RotaryEmbedding: Failed to load weights" in rollout and "RotaryEmbedding" not in transcript
+    assert {"learner-0.log", "learner-1.log", "reward-0.log", "reference-0.log"} <= {p.name for p in logs.iterdir()}
+    assert "untested optimizer" in (logs / "learner-0.log").read_text()
