@@ -1,6 +1,7 @@
 """Faults, as they happen to a real run: the driver SIGKILLed, actor processes killed mid-step.
 
-One uninterrupted run is the reference. Sampling is seeded per request and every piece of state
+One uninterrupted run is the reference. The in-process runs share one local Ray (`local_ray`); the
+runs killed with SIGKILL are CLI processes with their own. Sampling is seeded per request and every piece of state
 is checkpointed, so on CPU a resumed run and a run that lost actors must log *exactly* the same
 metrics as the reference, step for step (timings aside). Any lost or doubled experience, stale
 weights in a restarted generator, or state missing from a checkpoint shows up as a difference.
@@ -61,7 +62,7 @@ def _actor_processes(prefix: str) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, local_ray):
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     train(load_config(None, OVERRIDES), run_dir, progress=False)
     return read_metrics(run_dir / "metrics.jsonl")
@@ -104,7 +105,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(reference_run, tmp_p
     assert resumed[-1]["data/prompts_consumed"] == reference_run[-1]["data/prompts_consumed"]
 
 
-def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
+def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, local_ray):
     """async_steps=1: the checkpoint holds the batch produced ahead (tokens, log-probs, versions,
     scores), so the resumed run trains on the very batch the killed one had made."""
     overrides = [*OVERRIDES, "rollout.async_steps=1"]
@@ -118,7 +119,7 @@ def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
     assert _comparable(resumed) == _comparable(read_metrics(tmp_path / "reference" / "metrics.jsonl"))
 
 
-def test_killed_rollout_and_reward_actors_are_restarted_and_nothing_is_lost(reference_run, tmp_path):
+def test_killed_rollout_and_reward_actors_are_restarted_and_nothing_is_lost(reference_run, tmp_path, local_ray):
     run_dir = tmp_path / "run"
     killed: list[str] = []
 
@@ -150,7 +151,7 @@ def test_killed_rollout_and_reward_actors_are_restarted_and_nothing_is_lost(refe
     assert _comparable(records) == _comparable(reference_run)
 
 
-def test_a_dead_learner_stops_the_run_cleanly_with_a_resumable_checkpoint(tmp_path):
+def test_a_dead_learner_stops_the_run_cleanly_with_a_resumable_checkpoint(tmp_path, local_ray):
     run_dir = tmp_path / "run"
 
     def killer():
