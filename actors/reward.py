@@ -9,6 +9,7 @@ import ray
 from actors.shell import ComputeClock, computing
 from rlhf_dist.config.schema import RewardConfig
 from rlhf_dist.rewards import CompositeReward, RewardResult
+from rlhf_dist.rewards.functions import Extras
 
 
 @ray.remote
@@ -21,7 +22,9 @@ class RewardScorer(ComputeClock):
 
     @computing
     def score(
-        self, prompts: list[str], responses: list[str], columns: dict[str, list[Any]] | None = None
+        self, prompts: list[str], responses: list[str], columns: dict[str, list[Any]] | None = None,
+        extras: Extras | None = None,
     ) -> RewardResult:
-        """Rewards of B samples; ``columns`` maps each dataset column to its B values (row order)."""
-        return self.reward.score(prompts, responses, columns)
+        """Rewards of B samples; ``columns`` maps each dataset column to its B values (row order);
+        ``extras``: the responses' token ids and the step, for Python rewards that name them."""
+        return self.reward.score(prompts, responses, columns, extras)

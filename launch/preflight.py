@@ -22,12 +22,15 @@ from rlhf_dist.data.prompts import BUILTIN_PREFIX, builtin_prompts
 from rlhf_dist.data.reader import read_table
 from rlhf_dist.errors import UserError
 from rlhf_dist.planning.machine_checks import (
+    PREFLIGHT_READ_BYTES,
     ModelRef,
     data_path_problem,
+    data_size,
     gpu_problem,
     looks_local,
     model_problems,
     oversubscription_warning,
+    python_binding_problem,
     python_function_problem,
 )
 from rlhf_dist.planning.memory_plan import MemoryPlanError, plan_memory, refusal
@@ -49,8 +52,46 @@ def preflight_train(cfg: RunConfig, force: bool = False) -> None:
         _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
     problems += model_problems(_models(cfg))
     _raise(problems)
+    reward_binding_check(cfg)
     if _local():
         memory_check(cfg, lambda: local_nodes(cfg), force)
+
+
+def reward_binding_check(cfg: RunConfig, train_prompts: list | None = None, eval_prompts: list | None = None) -> None:
+    """Every Python reward can be called on the prompts' columns: a TRL-style name binds to its value,
+    and a parameter that is neither a reward argument nor a column is refused. Without prompts, the
+    data files are read here (those under PREFLIGHT_READ_BYTES; larger ones are checked once read)."""
+    rewards = _python_rewards(cfg)
+    if not rewards:
+        return
+    if train_prompts is not None:
+        sources = {"data.prompts": _names(p.columns for p in train_prompts)}
+        if eval_prompts and cfg.eval.prompts:
+            sources["eval.prompts"] = _names(p.columns for p in eval_prompts)
+    else:
+        sources = {}
+        for path, key in ((cfg.data.prompts, "data.prompts"), (cfg.eval.prompts, "eval.prompts")):
+            if path and path.startswith("builtin:"):
+                sources[key] = []
+            elif path:
+                if not Path(path).expanduser().exists() or data_size(Path(path).expanduser()) > PREFLIGHT_READ_BYTES:
+                    return  # missing: said already; large: checked when the run has read it
+                try:
+                    table = read_table(path, split=cfg.data.split, setting=key, what="prompts")
+                except UserError:
+                    return  # said by the data check
+                sources[key] = _names(_row_columns(row, cfg) for row in table)
+    _raise([p for spec, key in rewards if (p := python_binding_problem(spec, key, sources))])
+
+
+def _row_columns(row: dict, cfg: RunConfig) -> list[str]:
+    """The columns a reward sees of one row: all but the one holding its prompt."""
+    key = cfg.data.messages_key if row.get(cfg.data.messages_key) is not None else cfg.data.prompt_key
+    return [name for name in row if name != key]
+
+
+def _names(column_lists) -> list[str]:
+    return list(dict.fromkeys(name for names in column_lists for name in names))
 
 
 def memory_check(cfg: RunConfig, nodes, force: bool = False) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from launch import console
 from launch.cluster import live_nodes, with_gpu_memory
-from launch.preflight import memory_check, preflight_train
+from launch.preflight import memory_check, preflight_train, reward_binding_check
 from launch.roles import build_roles, start_ray, stop_roles
 from launch.storage import check_shared_run_dir
 from rlhf_dist.checkpoints.files import checkpoint_dirs
@@ -103,6 +103,7 @@ def train(
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
     train_prompts, eval_prompts = load_run_prompts(cfg, tokenizer)
+    reward_binding_check(cfg, train_prompts, eval_prompts)
     probe_ids = tokenizer(PROBE_TEXT).input_ids
     if checkpoint is None:  # every check passed, in a run dir of ours: now the config goes in
         (run_dir / "config.yaml").write_text(dump_config(cfg))

@@ -103,7 +103,9 @@ class RolloutPipeline:
         for round_ in range(1 + (algo.max_sampling_rounds if algo.dynamic_sampling else 0)):
             wanted = groups_wanted if round_ == 0 else groups_wanted - kept
             requests = self._requests(step, round_, self._draw(step, round_, wanted))
-            scored = generate_and_score(self.roles, self.prompts, requests, rollout.sampling, call=call, timings=timings)
+            scored = generate_and_score(
+                self.roles, self.prompts, requests, rollout.sampling, step=step, call=call, timings=timings
+            )
             rounds.append(scored)
             if not algo.dynamic_sampling:
                 break

@@ -98,7 +98,7 @@ class Evaluator:
             for i, p in enumerate(self.prompts)
             for s in range(k)
         ]
-        scored = generate_and_score(self.roles, self.prompts, requests, self.sampling, purpose="eval")
+        scored = generate_and_score(self.roles, self.prompts, requests, self.sampling, step=step, purpose="eval")
         samples, texts, result = scored.samples, scored.prompt_texts, scored.rewards
         total = result.total.numpy()
         gold = result.gold.numpy() if result.gold is not None else None

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from rlhf_dist.rewards import RewardResult
+from rlhf_dist.rewards.functions import Extras
 
 if TYPE_CHECKING:
     from rlhf_dist.planning.placement import Plan
@@ -149,15 +150,17 @@ def generate_on(generators: list[Any], requests: list[Any], sampling: Any, role:
 
 
 def score_on(scorers: list[Any], prompts: list[str], responses: list[str], columns: dict[str, list],
-             role: str = "reward scorer"):
-    """Score (prompt, response) pairs sharded over the scorers, each shard with its rows' columns;
-    returns one `RewardResult` for the whole batch, in order."""
+             role: str = "reward scorer", extras: Extras | None = None):
+    """Score (prompt, response) pairs sharded over the scorers, each shard with its rows' columns
+    (and its part of ``extras``); returns one `RewardResult` for the whole batch, in order."""
     calls, start = [], 0
     for scorer, size in zip(scorers, shard_sizes(len(prompts), len(scorers))):
         if size:
             stop = start + size
             part = {name: values[start:stop] for name, values in columns.items()}
-            calls.append(scorer.score.remote(prompts[start:stop], responses[start:stop], part))
+            ids = None if extras is None or extras.completion_ids is None else extras.completion_ids[start:stop]
+            shard_extras = None if extras is None else Extras(ids, extras.step)
+            calls.append(scorer.score.remote(prompts[start:stop], responses[start:stop], part, shard_extras))
         start += size
     results = gather(calls, role)
     return RewardResult(

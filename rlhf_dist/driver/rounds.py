@@ -14,6 +14,7 @@ from rlhf_dist.driver.remote_calls import Roles, generate_on, score_on
 from rlhf_dist.experience import columns_of
 from rlhf_dist.metrics.timing import timed
 from rlhf_dist.rewards import RewardResult
+from rlhf_dist.rewards.functions import Extras
 from rlhf_dist.rollout.requests import Request, Sample
 
 Call = Callable[[Callable[[], Any]], Any]  # wraps one phase's remote work (the driver's fault recovery)
@@ -41,15 +42,18 @@ class ScoredRound:
 
 
 def generate_and_score(roles: Roles, prompts: list[Prompt], requests: list[Request], sampling: SamplingConfig, *,
-                       call: Call = _now, timings: dict[str, float] | None = None, purpose: str = "") -> ScoredRound:
+                       step: int, call: Call = _now, timings: dict[str, float] | None = None,
+                       purpose: str = "") -> ScoredRound:
     """Sample ``requests`` (prompt indices into ``prompts``) on ``roles.rollout``, then score them on
     ``roles.reward``. ``call`` wraps each phase, so a fault redoes only the phase it hit; ``timings``
-    gets ``generate`` and ``score``; ``purpose`` ("eval") names the calls in errors."""
+    gets ``generate`` and ``score``; ``purpose`` ("eval") names the calls in errors. Python rewards
+    that ask get the responses' token ids and ``step``."""
     suffix = f" ({purpose})" if purpose else ""
     with timed(timings, "generate"):
         samples = call(lambda: generate_on(roles.rollout, requests, sampling, "rollout" + suffix))
     rows = [prompts[s.prompt_index] for s in samples]
+    extras = Extras([list(s.response_ids) for s in samples], step)
     with timed(timings, "score"):
         rewards = call(lambda: score_on(roles.reward, [r.text for r in rows], [s.text for s in samples],
-                                        columns_of(rows), "reward scorer" + suffix))
+                                        columns_of(rows), "reward scorer" + suffix, extras))
     return ScoredRound(samples, rows, rewards)

@@ -14,13 +14,13 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_dist.errors import UserError
-from rlhf_dist.rewards.functions import load_python_function
+from rlhf_dist.rewards.functions import Binding, load_python_function
 
 HUB_TIMEOUT_S = 8.0
 PREFLIGHT_READ_BYTES = 64 * 2**20
@@ -158,6 +158,22 @@ def python_function_problem(spec: str, setting: str, root: str | None = None) ->
     return None
 
 
+def python_binding_problem(spec: str, setting: str, columns: Mapping[str, Sequence[str]],
+                           root: str | None = None) -> str | None:
+    """Whether ``module:function`` can be called on the rows of each data source: ``columns`` maps a
+    source's name ("data.prompts") to the column names its rows carry. None when every parameter
+    gets a value (see rlhf_dist/rewards/functions.py); run after :func:`python_function_problem`."""
+    env_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    try:
+        with _on_path([root or os.getcwd(), *env_path]):
+            binding = Binding.of(load_python_function(spec), f"{setting}: {spec}")
+    except UserError as exc:
+        return f"{setting}: {exc}" if not str(exc).startswith(setting) else str(exc)
+    except (Exception, SystemExit):  # an import failure: python_function_problem has said it
+        return None
+    return next((p for source, names in columns.items() if (p := binding.problem(names, source))), None)
+
+
 @contextmanager
 def _on_path(roots: list[str]) -> Iterator[None]:
     """``roots`` on sys.path for one import (the console script's path lacks the current directory),
@@ -186,7 +202,7 @@ def data_path_problem(path: str, setting: str, read: Callable[[], object] | None
                 "directory written by `datasets`' save_to_disk")
     if not os.access(where, os.R_OK | (os.X_OK if where.is_dir() else 0)):
         return f"{setting}={path!r} cannot be read (permission denied); fix its permissions or copy it"
-    if read is not None and _size(where) <= PREFLIGHT_READ_BYTES:
+    if read is not None and data_size(where) <= PREFLIGHT_READ_BYTES:
         try:
             read()
         except UserError as exc:
@@ -194,7 +210,7 @@ def data_path_problem(path: str, setting: str, read: Callable[[], object] | None
     return None
 
 
-def _size(path: Path) -> int:
+def data_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

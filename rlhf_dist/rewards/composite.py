@@ -12,7 +12,7 @@ from rlhf_dist.config.schema import RewardComponent, RewardConfig
 from rlhf_dist.errors import UserError
 from rlhf_dist.rewards.config_checks import component_problems
 from rlhf_dist.rewards.errors import RewardError
-from rlhf_dist.rewards.functions import BatchFn, Columns, load_python_function, with_columns
+from rlhf_dist.rewards.functions import BatchFn, Columns, Extras, load_python_function, with_columns
 from rlhf_dist.rewards.model import RewardModel
 from rlhf_dist.rewards.remote import RemoteReward
 from rlhf_dist.rewards.rules import SampleRule, bind_rule
@@ -58,10 +58,12 @@ class CompositeReward:
         self.clip = cfg.clip
 
     def score(
-        self, prompts: Sequence[str], responses: Sequence[str], columns: Mapping[str, Sequence[Any]] | None = None
+        self, prompts: Sequence[str], responses: Sequence[str], columns: Mapping[str, Sequence[Any]] | None = None,
+        extras: Extras | None = None,
     ) -> RewardResult:
         """Score B (prompt, response) pairs; ``columns`` maps each dataset column to its B values
-        (row i of every column belongs to sample i). See :class:`RewardResult` for the shapes."""
+        (row i of every column belongs to sample i); ``extras`` (response token ids, the step) goes
+        to Python functions that name them. See :class:`RewardResult` for the shapes."""
         prompts, responses = list(prompts), list(responses)
         batch = len(prompts)
         if len(responses) != batch:
@@ -73,13 +75,13 @@ class CompositeReward:
         total = torch.zeros(batch, dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
         for component in self.components:
-            parts[component.label] = _as_scores(component, component.fn(prompts, responses, columns), batch)
+            parts[component.label] = _as_scores(component, component.fn(prompts, responses, columns, extras), batch)
             total += component.weight * parts[component.label]
         if self.clip is not None:
             total = total.clamp(-self.clip, self.clip)
         gold = None
         if self.gold is not None:
-            gold = _as_scores(self.gold, self.gold.fn(prompts, responses, columns), batch)
+            gold = _as_scores(self.gold, self.gold.fn(prompts, responses, columns, extras), batch)
         return RewardResult(total=total, components=parts, gold=gold)
 
 
@@ -98,7 +100,7 @@ def _build(where: str, spec: RewardComponent, cfg: RewardConfig, label: str | No
     if spec.type == "model":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = RewardModel(spec.path, device)
-        return _Component(label or spec.name or "model", f"model {spec.path}", lambda p, r, _: model(p, r), spec.weight)
+        return _Component(label or spec.name or "model", f"model {spec.path}", lambda p, r, _c, _e=None: model(p, r), spec.weight)
     remote = RemoteReward(spec.url, cfg.timeout_s, cfg.retries, cfg.backoff_s, cfg.max_response_bytes)
     return _Component(label or spec.name or "remote", f"remote {spec.url}", remote, spec.weight)
 
@@ -107,7 +109,7 @@ def _per_sample(rule_name: str, rule: SampleRule) -> BatchFn:
     """A batched wrapper around a per-sample rule: sample i gets row i of the columns, and an
     error names the sample it happened on."""
 
-    def score(prompts: list[str], responses: list[str], columns: Columns) -> list[float]:
+    def score(prompts: list[str], responses: list[str], columns: Columns, extras: Extras | None = None) -> list[float]:
         out = []
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             row = {name: values[i] for name, values in columns.items()}

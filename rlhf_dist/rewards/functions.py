@@ -1,10 +1,20 @@
-"""Python reward functions: ``module:function`` paths, called TRL-style with the row columns.
+"""Python reward functions: ``module:function`` paths, bound to their arguments by name.
 
-A function is called ``fn(prompts, responses, **columns)``: the B prompt texts and B responses
-positionally, then each dataset column as a keyword argument holding that column's B values.
-Only columns whose names are identifiers (and not ``prompts``/``responses``) are passed; a
-function without ``**kwargs`` gets only the columns it names, so ``def f(prompts, responses)``
-works on any data and ``def f(prompts, responses, answer, **kw)`` sees every column.
+Two styles of function are taken, ours and TRL's:
+
+- ours, ``fn(prompts, responses, **columns)``: no parameter uses one of the reward argument names
+  below; the first two positional parameters get the B prompts and the B responses, whatever their
+  names, and each other parameter (or ``**columns``) gets the dataset column of that name.
+- by name (TRL's style, e.g. ``def accuracy(completions, answer, **kwargs)``): a parameter named
+  ``prompts``, ``completions`` or ``responses`` (both: the B response texts), ``completion_ids`` (the
+  B lists of response token ids) or ``trainer_state`` (``.global_step``: the training step) gets
+  that value, by position or by keyword; a parameter named after a dataset column gets that column;
+  ``**kwargs`` gets the other columns and, as TRL passes them, the reward arguments not named, unless
+  the function names ``responses`` (our vocabulary: ``**columns`` then holds only columns).
+
+Only columns whose names are identifiers are passed, and a column named like a reward argument is
+shadowed by it. A required parameter that is neither is refused before the run starts, naming it
+and the columns there are (:meth:`Binding.problem`).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rlhf_dist.errors import UserError
@@ -21,12 +32,22 @@ from rlhf_dist.rewards.errors import RewardError
 Columns = Mapping[str, Sequence[Any]]
 """Dataset columns of a batch: name -> B values, in the order of the prompts."""
 
-BatchFn = Callable[[list[str], list[str], Columns], Any]
-"""A batched component: ``(prompts, responses, columns) -> B scores`` (list, array or tensor)."""
+BatchFn = Callable[..., Any]
+"""A batched component: ``(prompts, responses, columns, extras=None) -> B scores`` (list, array or
+tensor); ``extras`` is an :class:`Extras` (token ids, step) that only Python functions read."""
 
-_RESERVED = frozenset({"prompts", "responses"})
+ARGUMENTS = ("prompts", "completions", "responses", "completion_ids", "trainer_state")
+"""The reward arguments a function may name, besides the dataset columns."""
+_TRL_EXTRAS = ("prompts", "completions", "completion_ids", "trainer_state")  # what TRL puts in **kwargs
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """What a reward sees of the run, as TRL's ``trainer_state`` (only the step, here)."""
+
+    global_step: int
 
 
 def load_python_function(spec: str) -> Callable[..., Any]:
@@ -53,46 +74,112 @@ def load_python_function(spec: str) -> Callable[..., Any]:
 
 
 def with_columns(fn: Callable[..., Any], where: str) -> BatchFn:
-    """``fn`` as a batch component: called ``fn(prompts, responses, **columns)`` with the columns
-    its signature takes, and every exception re-raised as a :class:`RewardError` naming ``where``."""
-    accepted, required, positional = _keyword_parameters(fn, where)
+    """``fn`` as a batch component, its parameters bound by :class:`Binding`; every exception it
+    raises is re-raised as a :class:`RewardError` naming ``where``."""
+    binding = Binding.of(fn, where)
 
-    def score(prompts: list[str], responses: list[str], columns: Columns) -> Any:
-        passed = {
-            name: list(values)
-            for name, values in columns.items()
-            if name.isidentifier() and name not in _RESERVED and name not in positional
-            and (accepted is None or name in accepted)
-        }
-        missing = sorted(required - passed.keys())
-        if missing:
-            raise RewardError(
-                f"{where} takes column(s) {missing} without a default, but the batch's columns are "
-                f"{sorted(columns) or 'none'}; add them to the data or give those parameters defaults"
-            )
+    def score(prompts: list[str], responses: list[str], columns: Columns, extras: Extras | None = None) -> Any:
+        args, kwargs = binding.arguments(prompts, responses, columns, extras or Extras())
         try:
-            return fn(prompts, responses, **passed)
+            return fn(*args, **kwargs)
         except Exception as exc:
             raise RewardError(f"{where} raised {type(exc).__name__}: {exc}") from exc
 
+    score.binding = binding  # type: ignore[attr-defined]  # the preflight checks it against the data
     return score
 
 
-def _keyword_parameters(
-    fn: Callable[..., Any], where: str
-) -> tuple[frozenset[str] | None, frozenset[str], frozenset[str]]:
-    """What ``fn`` takes after (prompts, responses): the column names it accepts (None: all, it has
-    ``**kwargs``), those it requires, and the names of its two positional parameters."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature: call it with no columns
-        return frozenset(), frozenset(), frozenset()
-    head = [p for p in params if p.kind in _POSITIONAL][:2]
-    if len(head) < 2 and not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        raise UserError(f"{where} must take (prompts, responses, **columns); its signature is {inspect.signature(fn)}")
-    rest = [p for p in params if p not in head]
-    named = [p for p in rest if p.kind in _BY_KEYWORD]
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest)
-    accepted = None if takes_all else frozenset(p.name for p in named)
-    required = frozenset(p.name for p in named if p.default is inspect.Parameter.empty)
-    return accepted, required, frozenset(p.name for p in head)
+@dataclass(frozen=True)
+class Extras:
+    """The reward arguments beyond texts and columns: response token ids and the step."""
+
+    completion_ids: list[list[int]] | None = None
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How one function's parameters get their values (see the module docstring)."""
+
+    where: str
+    positional_pair: bool  # ours: the first two positional parameters are (prompts, responses)
+    params: tuple[inspect.Parameter, ...]  # every named parameter after that pair
+    var_args: bool  # takes *args
+    var_kwargs: bool  # takes **kwargs
+    trl_kwargs: bool  # **kwargs also gets the reward arguments not named (TRL's style)
+    pair_names: frozenset[str] = frozenset()  # ours: the pair's parameter names, which no column fills
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any], where: str) -> Binding:
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature: called (prompts, responses)
+            return cls(where, True, (), True, False, False)
+        var_args = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+        var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        named = [p for p in params if p.kind in _POSITIONAL or p.kind is inspect.Parameter.KEYWORD_ONLY]
+        by_name = any(p.name in ARGUMENTS for p in named) or (var_kwargs and not var_args and not named)
+        if by_name:
+            trl = not any(p.name == "responses" for p in named)
+            return cls(where, False, tuple(named), var_args, var_kwargs, trl)
+        head = [p for p in named if p.kind in _POSITIONAL][:2]
+        if len(head) < 2 and not var_args:
+            raise UserError(
+                f"{where} must take (prompts, responses, **columns), or name its arguments as TRL does "
+                f"(e.g. completions, **kwargs); its signature is {inspect.signature(fn)}"
+            )
+        rest = tuple(p for p in named if p not in head)
+        return cls(where, True, rest, var_args, var_kwargs, False, frozenset(p.name for p in head))
+
+    def problem(self, columns: Sequence[str], data: str = "the data") -> str | None:
+        """Why the function cannot be called on rows with ``columns`` (None: it can)."""
+        unbound = [p.name for p in self._required() if p.name not in self._columns_passed(columns)]
+        if not unbound:
+            return None
+        names = ", ".join(repr(n) for n in unbound)
+        have = ", ".join(sorted(c for c in columns if c.isidentifier())) or "none"
+        return (
+            f"{self.where} takes {names}, which is neither a reward argument ({', '.join(ARGUMENTS)}) nor a "
+            f"column of {data} (columns: {have}); rename the parameter, add the column, or give it a default"
+        )
+
+    def arguments(
+        self, prompts: list[str], responses: list[str], columns: Columns, extras: Extras
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments of one call."""
+        problem = self.problem(list(columns), "this batch")
+        if problem:
+            raise RewardError(problem)
+        passed = {name: list(values) for name, values in columns.items() if name in self._columns_passed(columns)}
+        if self.positional_pair:
+            return [prompts, responses], passed
+        values = {
+            "prompts": prompts, "completions": responses, "responses": responses,
+            "completion_ids": extras.completion_ids, "trainer_state": TrainerState(extras.step),
+        }
+        args, kwargs = [], {}
+        for p in self.params:
+            if p.name in ARGUMENTS or p.name in passed:
+                value = values[p.name] if p.name in ARGUMENTS else passed[p.name]
+                if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+                    args.append(value)
+                else:
+                    kwargs[p.name] = value
+        if self.var_kwargs:
+            kwargs.update({k: v for k, v in passed.items() if k not in kwargs})
+            if self.trl_kwargs:
+                kwargs.update({k: values[k] for k in _TRL_EXTRAS if k not in kwargs and k not in self._names})
+        return args, kwargs
+
+    @property
+    def _names(self) -> set[str]:
+        return {p.name for p in self.params}
+
+    def _required(self) -> list[inspect.Parameter]:
+        return [p for p in self.params if p.default is inspect.Parameter.empty and p.name not in ARGUMENTS]
+
+    def _columns_passed(self, columns: Sequence[str]) -> set[str]:
+        """The columns this function gets: those it names, or every identifier one with **kwargs;
+        never one named like a reward argument (or, ours, like the pair's parameters)."""
+        usable = {c for c in columns if c.isidentifier() and c not in ARGUMENTS and c not in self.pair_names}
+        return usable if self.var_kwargs else usable & self._names

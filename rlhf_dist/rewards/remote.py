@@ -38,7 +38,8 @@ class RemoteReward:
         self.backoff_s, self.max_response_bytes = backoff_s, max_response_bytes
 
     def __call__(
-        self, prompts: list[str], responses: list[str], columns: Mapping[str, Sequence[Any]] | None = None
+        self, prompts: list[str], responses: list[str], columns: Mapping[str, Sequence[Any]] | None = None,
+        extras: Any = None,  # token ids and step: the HTTP body carries texts and columns only
     ) -> list[float]:
         columns = {str(name): [_jsonable(v) for v in values] for name, values in (columns or {}).items()}
         body = json.dumps({"prompts": prompts, "responses": responses, "columns": columns}, allow_nan=False).encode()

@@ -228,3 +228,22 @@ def test_a_reward_module_on_pythonpath_set_after_start_is_found_like_the_actors_
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert python_function_problem("late_reward_mod:score", "r.path") is None
     assert str(tmp_path) not in sys.path, "the check leaves sys.path as it was"
+
+
+def test_a_reward_whose_parameters_cannot_be_bound_is_refused_before_ray(tmp_path):
+    """TRL's documented form with a column the data lacks, and a one-argument function: one line each,
+    naming the parameter and the columns there are, before anything starts."""
+    (tmp_path / "trl_rewards.py").write_text(
+        "def accuracy(completions, answer, **kwargs):\n    return [0.0] * len(completions)\n"
+        "def odd(text):\n    return [0.0] * len(text)\n"
+    )
+    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "q{i}", "solution": "{i}"}}\n' for i in range(8)))
+    err = refused(
+        tmp_path, "train", "--run-dir", "run", "data.prompts=prompts.jsonl",
+        "reward.components=[{type: python, path: 'trl_rewards:accuracy'}, {type: python, path: 'trl_rewards:odd'}]",
+    )
+    assert ("reward.components.0.path: trl_rewards:accuracy takes 'answer', which is neither a reward argument "
+            "(prompts, completions, responses, completion_ids, trainer_state) nor a column of data.prompts "
+            "(columns: solution)") in err
+    assert "reward.components.1.path: trl_rewards:odd must take (prompts, responses, **columns)" in err
+    assert len(err.strip().splitlines()) == 2

@@ -3,7 +3,9 @@ template, a Python reward that reads a label column, held-out eval, an LR warmup
 
 One run serves every test of the module. The reward is the row's own ``secret`` label, so it is
 right only if the labels reached the reward function; eval.jsonl lets the test check that sample by
-sample, because each prompt's text names its row.
+sample, because each prompt's text names its row. A second reward in TRL's style
+(``completions, secret, **kwargs``, weight 0) records what it is given, to check that names bind to
+the right values.
 """
 
 import json
@@ -24,6 +26,16 @@ def secret_label(prompts, responses, secret):
     """The row's label, whatever was sampled: right only if the `secret` column arrived."""
     assert len(secret) == len(prompts) == len(responses)
     return [float(s) for s in secret]
+
+
+def trl_style(completions, secret, **kwargs):
+    """TRL's form: the responses as `completions`, a column by name, the rest in **kwargs."""
+    import json, os
+    record = {"completions": completions, "secret": secret, "prompts": kwargs["prompts"],
+              "ids": kwargs["completion_ids"], "step": kwargs["trainer_state"].global_step}
+    with open(os.environ["TRL_STYLE_LOG"], "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return [0.0] * len(completions)
 '''
 
 
@@ -37,10 +49,12 @@ def job(tmp_path_factory):
     pq.write_table(pa.Table.from_pylist(rows), root / "prompts.parquet")
     (root / "label_reward.py").write_text(REWARD_MODULE)
     run_dir = root / "run"
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "TRL_STYLE_LOG": str(root / "trl_style.jsonl")}
     cmd = [
         sys.executable, "-m", "launch", "train", f"steps={STEPS}", f"data.prompts={root / 'prompts.parquet'}",
-        "reward.components=[{type: python, path: 'label_reward:secret_label', name: secret}]", "reward.gold=null",
+        "reward.components=[{type: python, path: 'label_reward:secret_label', name: secret},"
+        " {type: python, path: 'label_reward:trl_style', name: trl}]", "reward.gold=null",
         "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "learner.mini_batch_size=32",
         "learner.micro_batch_size=8", f"learner.optimizer.lr={LR}", "learner.optimizer.scheduler=linear",
         f"learner.optimizer.warmup_steps={WARMUP}", f"eval.every={EVAL_EVERY}", f"eval.holdout={HOLDOUT}",
@@ -52,13 +66,31 @@ def job(tmp_path_factory):
     return run_dir, secrets, out.stdout
 
 
+def row_of(prompt: str, secrets: dict) -> str:
+    return next(n for n in sorted(secrets, key=len, reverse=True) if n in prompt)
+
+
+def test_a_trl_style_reward_gets_the_responses_and_the_labels_by_name(job):
+    run_dir, secrets, _ = job
+    calls = [json.loads(line) for line in (run_dir.parent / "trl_style.jsonl").read_text().splitlines()]
+    assert {c["step"] for c in calls} == set(range(STEPS + 1))  # every training step, and the last eval
+    for call in calls:
+        assert len(call["completions"]) == len(call["secret"]) == len(call["prompts"]) == len(call["ids"])
+        for prompt, completion, secret, ids in zip(call["prompts"], call["completions"], call["secret"], call["ids"]):
+            assert secret == secrets[row_of(prompt, secrets)]  # the label of the prompt's own row
+            assert completion != prompt and ids  # a response and its token ids, not the prompt
+    answered = {(c["step"], p, r) for c in calls for p, r in zip(c["prompts"], c["completions"])}
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert {(s["step"], s["prompt"], s["response"]) for s in evals} <= answered
+
+
 def test_the_label_column_reaches_the_python_reward(job):
     run_dir, secrets, _ = job
     samples = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert samples
     for s in samples:
         # The rendered chat prompt holds the user's text; the reward must be that row's label.
-        name = next(n for n in sorted(secrets, key=len, reverse=True) if f"{n}" in s["prompt"])
+        name = row_of(s["prompt"], secrets)
         assert s["reward"] == pytest.approx(secrets[name], abs=1e-6), s
         assert "<|assistant|>" in s["prompt"] or "assistant" in s["prompt"], "no generation prompt rendered"
 

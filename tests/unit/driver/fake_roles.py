@@ -80,7 +80,7 @@ class FakeGenerator(_Actor):
 class FakeScorer(_Actor):
     """Reward = the response's sample index (so groups are never uniform), gold = half of it."""
 
-    def score(self, prompts, responses, columns=None) -> RewardResult:
+    def score(self, prompts, responses, columns=None, extras=None) -> RewardResult:
         self.calls.append("score")
         total = torch.tensor([float(r.rsplit("s", 1)[1]) for r in responses])
         return RewardResult(total=total, components={"sample": total}, gold=total / 2)

@@ -23,6 +23,7 @@ from rlhf_dist.rewards import (
     register_rule,
     rules,
 )
+from rlhf_dist.rewards.functions import Binding, Extras
 
 
 def composite(*components, **kwargs) -> CompositeReward:
@@ -113,8 +114,23 @@ def user_module(tmp_path, monkeypatch):
         "    return [0.0] * len(r)\n"
         "def needs_label(prompts, responses, label, weight=1.0):\n"
         "    return [weight] * len(responses)\n"
-        "def one_argument(responses):\n"
-        "    return [0.0] * len(responses)\n"
+        "def one_argument(texts):\n"
+        "    return [0.0] * len(texts)\n"
+        "def trl_accuracy(completions, answer, **kwargs):\n"
+        "    SEEN.append({'completions': completions, 'answer': answer, **kwargs})\n"
+        "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n"
+        "def trl_kwargs_only(completions, **kwargs):\n"
+        "    SEEN.append(dict(kwargs, completions=completions))\n"
+        "    return [float(len(c)) for c in completions]\n"
+        "def keywords_only(*, responses, level, prompts=None):\n"
+        "    SEEN.append({'responses': responses, 'level': level, 'prompts': prompts})\n"
+        "    return [float(x) for x in level]\n"
+        "def with_step(completion_ids, trainer_state, /, **kwargs):\n"
+        "    SEEN.append({'ids': completion_ids, 'step': trainer_state.global_step, 'kw': sorted(kwargs)})\n"
+        "    return [float(len(i)) for i in completion_ids]\n"
+        "def all_by_keyword(**kwargs):\n"
+        "    SEEN.append(sorted(kwargs))\n"
+        "    return [0.0] * len(kwargs['completions'])\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_rewards", raising=False)  # each test imports its own copy
@@ -173,10 +189,49 @@ def test_python_component_missing_a_required_column_says_which(user_module):
     with pytest.raises(RewardError) as info:
         composite(python(user_module, "needs_label")).score(["q"], ["a"], {"answer": ["1"]})
     message = str(info.value)
-    assert "'needs_label'" in message and "['label']" in message and "['answer']" in message
-    assert "give those parameters defaults" in message
-    with pytest.raises(UserError, match=r"one_argument.*must take \(prompts, responses, \*\*columns\)"):
+    assert "'needs_label'" in message and "takes 'label'" in message and "(columns: answer)" in message
+    assert "give it a default" in message
+    with pytest.raises(UserError, match=r"one_argument.*must take \(prompts, responses, \*\*columns\).*TRL"):
         composite(python(user_module, "one_argument"))
+
+
+# TRL's documented forms get the responses and the labels, never the prompts in their place.
+def test_trl_style_reward_binds_completions_and_columns_by_name(user_module):
+    result = composite(python(user_module, "trl_accuracy")).score(["q1", "q2", "q3"], ["4", "5 ", "x"], COLUMNS)
+    assert result.total.tolist() == [1.0, 1.0, 0.0]
+    seen = sys.modules[user_module].SEEN[0]
+    assert seen["completions"] == ["4", "5 ", "x"] and seen["answer"] == ["4", "5", "6"]
+    assert seen["prompts"] == ["q1", "q2", "q3"]  # TRL passes the prompts in **kwargs too
+    assert seen["level"] == [1, 2, 3] and seen["p"] == ["z"] * 3  # and every other column
+    assert seen["trainer_state"].global_step == 0 and "responses" not in seen
+
+
+def test_trl_style_kwargs_only_reward_gets_the_responses(user_module):
+    result = composite(python(user_module, "trl_kwargs_only")).score(["prompt one", "p2"], ["ab", "abcd"])
+    assert result.total.tolist() == [2.0, 4.0]  # lengths of the responses, not of the prompts
+    assert sys.modules[user_module].SEEN[0]["prompts"] == ["prompt one", "p2"]
+
+
+def test_keyword_only_and_positional_only_rewards(user_module):
+    reward = composite(python(user_module, "keywords_only"))
+    assert reward.score(["q"] * 3, ["a", "b", "c"], COLUMNS).total.tolist() == [1.0, 2.0, 3.0]
+    assert sys.modules[user_module].SEEN[-1] == {"responses": ["a", "b", "c"], "level": [1, 2, 3], "prompts": ["q"] * 3}
+    extras = Extras(completion_ids=[[5, 6], [7]], step=12)
+    result = composite(python(user_module, "with_step")).score(["q", "r"], ["a", "b"], {"answer": [1, 2]}, extras)
+    assert result.total.tolist() == [2.0, 1.0]
+    assert sys.modules[user_module].SEEN[-1] == {"ids": [[5, 6], [7]], "step": 12, "kw": ["answer", "completions", "prompts"]}
+
+
+def test_kwargs_only_reward_gets_everything_by_keyword(user_module):
+    composite(python(user_module, "all_by_keyword")).score(["q"], ["a"], {"answer": ["1"]})
+    assert sys.modules[user_module].SEEN == [["answer", "completion_ids", "completions", "prompts", "trainer_state"]]
+
+
+def test_binding_problem_names_the_parameter_and_the_columns(user_module):
+    binding = Binding.of(load_python_function(f"{user_module}:trl_accuracy"), "reward.components.0.path")
+    assert binding.problem(["answer", "level"]) is None
+    message = binding.problem(["solution", "level"], "data.prompts")
+    assert "takes 'answer'" in message and "data.prompts (columns: level, solution)" in message
 
 
 def test_columns_of_the_wrong_length_are_refused():
