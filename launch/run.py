@@ -16,6 +16,7 @@ from launch.roles import build_roles, start_ray, stop_roles
 from launch.storage import check_shared_run_dir
 from rlhf_dist.checkpoints.files import checkpoint_dirs
 from rlhf_dist.checkpoints.run_dir import abandon_newer, claim_run_dir, resume_checkpoint
+from rlhf_dist.checkpoints.run_lock import lock_run_dir, refuse_if_in_use, releases_run_dirs
 from rlhf_dist.config import RunConfig, dump_config, load_config
 from rlhf_dist.config.schema import ModelConfig
 from rlhf_dist.data import load_prompts
@@ -85,6 +86,7 @@ def load_resume_config(run_dir: Path) -> RunConfig:
     return load_config(str(saved))
 
 
+@releases_run_dirs
 def train(
     cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None, resume: bool = False,
     resume_from: str | None = None, verify: bool = False, force: bool = False,
@@ -95,7 +97,9 @@ def train(
     preflight_train(cfg, force)  # user errors in seconds, before the run dir, a tiny model or Ray
     checkpoint = None
     if resume:
+        refuse_if_in_use(run_dir, "--resume")
         checkpoint = resume_checkpoint(run_dir, resume_from, verify)
+        lock_run_dir(run_dir, "--resume")
         console.say(f"resuming {run_dir} from {checkpoint.name}")
     else:
         run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))

@@ -20,6 +20,7 @@ from launch.preflight import preflight_stage
 from launch.roles import release, reserve, start_ray_cpus, start_world, stop_roles
 from launch.run import prepare_run_dir, resolve_model_path
 from launch.storage import check_shared_run_dir
+from rlhf_dist.checkpoints.run_lock import releases_run_dirs
 from rlhf_dist.config import dump_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.driver.remote_calls import gather
@@ -31,6 +32,7 @@ from rlhf_dist.stages.epochs import StageResult, train_stage
 from rlhf_dist.stages.stage_data import load_rows, preference_examples, sft_examples
 
 
+@releases_run_dirs
 def run_stage(
     kind: str,
     cfg: StageConfig,

@@ -19,6 +19,7 @@ from pathlib import Path
 from launch.console import outputs_line
 from launch.run import prepare_run_dir, train
 from launch.stages import run_stage
+from rlhf_dist.checkpoints.run_lock import releases_run_dirs
 from rlhf_dist.config import load_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.data.synthetic import arithmetic_rows, arithmetic_split
@@ -48,6 +49,7 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
+@releases_run_dirs
 def run_arithmetic_demo(run_dir: Path, seed: int = 0, small: bool = False) -> dict:
     run_dir = prepare_run_dir(run_dir)
     size = SMALL if small else FULL

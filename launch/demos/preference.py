@@ -14,12 +14,14 @@ from statistics import mean
 from launch.console import outputs_line
 from launch.run import prepare_run_dir, train
 from launch.stages import run_stage
+from rlhf_dist.checkpoints.run_lock import releases_run_dirs
 from rlhf_dist.config import load_config
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.data.synthetic import demonstrations, preference_pairs
 from rlhf_dist.models.tiny import make_tiny
 
 
+@releases_run_dirs
 def run_demo(run_dir: Path, small: bool = False) -> dict[str, float]:
     run_dir = prepare_run_dir(run_dir)
     n_demos, n_pairs, sft_epochs, rm_epochs, ppo_steps = (256, 512, 2, 3, 12) if small else (1024, 2048, 3, 3, 30)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from rlhf_dist.checkpoints.manifest import CheckpointIntegrityError, verify_checkpoint
+from rlhf_dist.checkpoints.run_lock import LOCK_FILE, lock_run_dir, refuse_if_in_use, release_run_dir
 from rlhf_dist.errors import UserError
 
 MARKER = ".rlhf-dist-run"
@@ -60,34 +61,29 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def claim_run_dir(run_dir: Path) -> Path:
-    """Create ``run_dir`` (or take over one of ours with no completed step) and mark it as ours.
+    """Create ``run_dir`` (or take over one of ours with no completed step), lock it for this run
+    (rlhf_dist/checkpoints/run_lock.py) and mark it as ours.
 
-    Nothing in a refused directory is written to.
+    Nothing in a refused directory is written to: not one in use by another run, not one holding a
+    run's steps, not a non-empty one we did not create.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {str(run_dir)!r} is a file; give a directory (new or empty) for the run's outputs")
-    contents = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if contents:
-        # The run itself, or (the demo) a stage run inside it: either is work not to overwrite.
-        logged = [(d, completed_steps(d)) for d in (run_dir, *(run_dir / n for n in contents))]
-        where, steps = next(((d, n) for d, n in logged if n), (run_dir, 0))
-        checkpoints = checkpoint_dirs(run_dir)
-        if steps or checkpoints:
-            resume = (f"or continue it with: rlhf-dist train --resume {run_dir}" if checkpoints
-                      else "it has no checkpoint to resume from")
-            raise UserError(
-                f"run directory {str(run_dir)!r} already holds a run ({steps} step{'s' * (steps != 1)} in "
-                f"{(where / 'metrics.jsonl').relative_to(run_dir)}); pick a new --run-dir, {resume}"
-            )
-        if not (is_ours(run_dir) or is_ours(run_dir.resolve().parent)):
-            shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-            raise UserError(
-                f"--run-dir {str(run_dir)!r} is a non-empty directory that rlhf-dist did not create (it holds "
-                f"{shown}); nothing in it was changed. Give a new or empty directory, e.g. --run-dir runs/my-run"
-            )
+    if run_dir.is_dir():
+        refuse_if_in_use(run_dir)
+    _refuse_used(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(run_dir)  # two runs racing for a new directory: one wins, the other is refused here
+    except OSError as exc:
+        raise UserError(f"cannot write to the run directory {str(run_dir)!r}: {exc.strerror}; pick another --run-dir") from None
+    try:
+        _refuse_used(run_dir)  # a run that ended between the first look and the lock
+    except UserError:
+        release_run_dir(run_dir)
+        raise
+    try:
         if not (run_dir / MARKER).exists():
             from importlib.metadata import PackageNotFoundError, version
 
@@ -101,6 +97,31 @@ def claim_run_dir(run_dir: Path) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write to the run directory {str(run_dir)!r}: {exc.strerror}; pick another --run-dir") from None
     return run_dir
+
+
+def _refuse_used(run_dir: Path) -> None:
+    """Refuse a directory holding a run's steps or checkpoints, or a non-empty one not ours."""
+    contents = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    contents = [name for name in contents if name != LOCK_FILE]
+    if not contents:
+        return
+    # The run itself, or (the demo) a stage run inside it: either is work not to overwrite.
+    logged = [(d, completed_steps(d)) for d in (run_dir, *(run_dir / n for n in contents))]
+    where, steps = next(((d, n) for d, n in logged if n), (run_dir, 0))
+    checkpoints = checkpoint_dirs(run_dir)
+    if steps or checkpoints:
+        resume = (f"or continue it with: rlhf-dist train --resume {run_dir}" if checkpoints
+                  else "it has no checkpoint to resume from")
+        raise UserError(
+            f"run directory {str(run_dir)!r} already holds a run ({steps} step{'s' * (steps != 1)} in "
+            f"{(where / 'metrics.jsonl').relative_to(run_dir)}); pick a new --run-dir, {resume}"
+        )
+    if not (is_ours(run_dir) or is_ours(run_dir.resolve().parent)):
+        shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+        raise UserError(
+            f"--run-dir {str(run_dir)!r} is a non-empty directory that rlhf-dist did not create (it holds "
+            f"{shown}); nothing in it was changed. Give a new or empty directory, e.g. --run-dir runs/my-run"
+        )
 
 
 # -- which checkpoint a resume continues from -------------------------------------------------------

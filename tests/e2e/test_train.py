@@ -7,13 +7,16 @@ its responses) is ~0.08; a working loop more than doubles it within a dozen step
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from statistics import mean
 
 import pytest
 
 from launch.run import train
+from rlhf_dist.checkpoints.run_lock import holder_of
 from rlhf_dist.config import load_config
 from tests.e2e.test_console import classify
 
@@ -64,18 +67,40 @@ def test_algorithm_raises_gold_reward(algorithm, overrides, tmp_path, local_ray)
 def default_cli_run(tmp_path_factory):
     """`rlhf-dist train` on the embedded default (GRPO), shortened, as a user starts it from a shell
     whose output is not a terminal (one line per step); shared by the tests of its outputs and of its
-    console (tests/e2e/test_console.py's rules)."""
+    console (tests/e2e/test_console.py's rules). Once it holds its run dir, a second `train` and a
+    `train --resume` into the same dir are started beside it: both must be refused, and the first
+    run must end whole (its own tests)."""
     run_dir = tmp_path_factory.mktemp("default") / "run"
-    out = subprocess.run(
+    first = subprocess.Popen(
         [sys.executable, "-m", "launch", "train", f"steps={CLI_STEPS}", "--run-dir", str(run_dir)],
-        capture_output=True, text=True, timeout=900,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    return run_dir, out
+    deadline = time.monotonic() + 120
+    while (holder_of(run_dir) or {}).get("pid") != first.pid and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = [
+        subprocess.Popen([sys.executable, "-m", "launch", "train", *args, "--run-dir", str(run_dir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in ([f"steps={CLI_STEPS}"], ["--resume"])
+    ]
+    answers = [p.communicate(timeout=300) for p in second]
+    refused = [subprocess.CompletedProcess(p.args, p.returncode, *a) for p, a in zip(second, answers)]
+    stdout, stderr = first.communicate(timeout=900)
+    return run_dir, subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr), (first.pid, refused)
+
+
+def test_a_second_run_into_a_run_dir_in_use_is_refused_naming_its_holder(default_cli_run):
+    run_dir, _, (pid, refused) = default_cli_run
+    for out in refused:
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "Traceback" not in out.stdout + out.stderr
+        assert f"{str(run_dir)!r} is in use by another rlhf-dist run (PID {pid} on host {os.uname().nodename}" in out.stderr
+    assert "--resume" in refused[1].stderr.split("is in use")[0]
 
 
 def test_default_run_from_the_command_line(default_cli_run):
     """The run learns, and its outputs are what a user reads."""
-    run_dir, out = default_cli_run
+    run_dir, out, _ = default_cli_run
     steps = CLI_STEPS
     assert out.returncode == 0, out.stderr[-3000:]
     assert "gold reward" in out.stdout and str(run_dir) in out.stdout
@@ -134,7 +159,7 @@ def test_async_rollouts_learn_with_staleness_at_most_one(tmp_path, local_ray):
 def test_a_default_run_speaks_in_our_voice_and_logs_the_libraries_to_the_run_dir(default_cli_run):
     """The console of that run, as a user sees it: only the tool's own lines on the terminal, the
     libraries' output in RUN_DIR/logs/ (what counts as ours: tests/e2e/test_console.py)."""
-    run_dir, out = default_cli_run
+    run_dir, out, _ = default_cli_run
     transcript = out.stdout + out.stderr
     assert out.returncode == 0, transcript[-4000:]
     ours, theirs = classify(transcript)

@@ -19,6 +19,7 @@ from rlhf_dist.checkpoints.run_dir import (
     is_ours,
     resume_checkpoint,
 )
+from rlhf_dist.checkpoints.run_lock import LOCK_FILE
 from rlhf_dist.config.schema import TinyModelConfig
 from rlhf_dist.errors import UserError
 
@@ -50,7 +51,7 @@ def test_a_new_run_dir_is_created_and_marked(tmp_path):
     run_dir = claim_run_dir(tmp_path / "a" / "run")
     marker = json.loads((run_dir / MARKER).read_text())
     assert marker["tool"] == "rlhf-dist" and {"version", "command", "created"} <= set(marker)
-    assert is_ours(run_dir) and [p.name for p in run_dir.iterdir()] == [MARKER]
+    assert is_ours(run_dir) and sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, MARKER]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert is_ours(claim_run_dir(empty))
@@ -140,7 +141,7 @@ def test_a_leftover_tiny_model_of_another_shape_is_rebuilt_for_a_new_run_and_ref
     assert path == str(run_dir / "tiny-model" / "policy")
     assert tiny_mismatch(run_dir / "tiny-model", cfg.model.tiny, cfg.seed) is None
     assert json.loads((Path(path) / "config.json").read_text())["hidden_size"] == 128
-    assert sorted(p.name for p in run_dir.iterdir()) == [MARKER, "tiny-model"], "no temp dir left beside it"
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, MARKER, "tiny-model"], "no temp dir left"
 
     stamp = (Path(path) / "model.safetensors").stat().st_mtime_ns
     assert resolve_model_path(cfg.model, cfg.seed, run_dir, resume=True) == path
