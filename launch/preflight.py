@@ -121,7 +121,7 @@ def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None
                                        for r in ROLES if hasattr(placement, r)})
         n = cfg.learner.num_workers
         _warn(oversubscription_warning(0.5 * n, n, _cores(), "0.5 per learner rank"))
-    problems += model_problems(_policy_models(cfg.model))
+    problems += model_problems(_policy_models(cfg.model, kind="causal" if kind != "rm" else None))
     _raise(problems)
 
 
@@ -188,10 +188,11 @@ def _builtin_problem(source: str) -> str | None:
     return None
 
 
-def _policy_models(model: ModelConfig) -> list[ModelRef]:
+def _policy_models(model: ModelConfig, kind: str | None = "causal") -> list[ModelRef]:
+    """The policy's model and tokenizer; ``kind``: what its model must be (the rm stage takes either)."""
     refs = []
     if model.path is not None:
-        refs.append(ModelRef("model.path", model.path, tokenizer=model.tokenizer is None))
+        refs.append(ModelRef("model.path", model.path, tokenizer=model.tokenizer is None, kind=kind))
     if model.tokenizer is not None:
         refs.append(ModelRef("model.tokenizer", model.tokenizer, weights=False, tokenizer=True))
     return refs
@@ -200,13 +201,13 @@ def _policy_models(model: ModelConfig) -> list[ModelRef]:
 def _models(cfg: RunConfig) -> list[ModelRef]:
     refs = _policy_models(cfg.model)
     if cfg.reference.path is not None:
-        refs.append(ModelRef("reference.path", cfg.reference.path))
+        refs.append(ModelRef("reference.path", cfg.reference.path, kind="causal"))
     components: list[tuple[RewardComponent, str]] = [
         (c, f"reward.components.{i}.path") for i, c in enumerate(cfg.reward.components)
     ]
     if isinstance(cfg.reward.gold, RewardComponent):
         components.append((cfg.reward.gold, "reward.gold.path"))
-    refs += [ModelRef(key, c.path, tokenizer=True) for c, key in components if c.type == "model" and c.path]
+    refs += [ModelRef(key, c.path, tokenizer=True, kind="reward") for c, key in components if c.type == "model" and c.path]
     return refs
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlhf_dist.models.loading import refuse_random_weights
+
 
 class CriticModel(nn.Module):
     def __init__(self, backbone: nn.Module, value_head: nn.Linear):
@@ -18,7 +20,10 @@ class CriticModel(nn.Module):
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         if from_reward_model:
-            reward = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            reward, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=torch.float32, output_loading_info=True
+            )
+            refuse_random_weights(info, path, "a reward model to start the critic from (learner.critic_init)")
             head = nn.Linear(reward.config.hidden_size, 1, bias=False)
             head.weight.data.copy_(reward.score.weight.data)
             return cls(reward.model, head)

@@ -54,12 +54,26 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", trust_remote_code: 
         raise UserError(f"model directory {str(path)!r} does not exist; check model.path")
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), config=_zero_config_dropout(config), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), config=_zero_config_dropout(config), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except Exception as exc:  # missing or truncated weights (SafetensorError), a bad config.json, ...
         raise UserError(f"cannot load a causal LM from {str(path)!r}: {_load_failure(exc)}") from None
+    refuse_random_weights(info, path, "a causal LM")
     return disable_dropout(model)
+
+
+def refuse_random_weights(info: dict, path: str | Path, expected: str) -> None:
+    """Refuse a load in which Hugging Face initialised weights at random (``output_loading_info``'s
+    missing keys): the directory holds another kind of model, and training on it would be noise."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise UserError(
+            f"loading {str(path)!r} as {expected} would initialise {len(missing)} weight(s) at random ({shown}): "
+            f"it holds another kind of model; point at {expected} directory"
+        )
 
 
 def _load_failure(exc: Exception) -> str:

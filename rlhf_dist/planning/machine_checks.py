@@ -9,6 +9,7 @@ by ``HUB_TIMEOUT_S`` for all of them together.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ class ModelRef:
     path: str
     weights: bool = True  # the run loads a model from it
     tokenizer: bool = False  # the run loads a tokenizer from it
+    kind: str | None = None  # "causal" (a policy, a reference) or "reward" (a scorer); None: either
 
 
 def looks_local(path: str) -> bool:
@@ -80,6 +82,36 @@ def _directory_problem(ref: ModelRef) -> str | None:
         other = " or set model.tokenizer to one" if ref.setting == "model.path" else ""
         return (f"{ref.setting} {ref.path!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save it there "
                 f"with tokenizer.save_pretrained(DIR){other}")
+    return _kind_problem(ref) if ref.kind else None
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+_REWARD_SUFFIX = "ForSequenceClassification"
+
+
+def _kind_problem(ref: ModelRef) -> str | None:
+    """A sequence classifier where a causal LM belongs, or the reverse, read from config.json's
+    ``architectures`` (and ``id2label`` for the number of labels). Unknown architectures pass."""
+    try:
+        config = json.loads((Path(ref.path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{ref.setting} {ref.path!r}: config.json is not readable JSON; rewrite it with save_pretrained"
+    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if not archs:
+        return None
+    found = archs[0]
+    if ref.kind == "causal" and any(a.endswith(_REWARD_SUFFIX) for a in archs):
+        return (f"{ref.setting} {ref.path!r} holds a {found}, a sequence classifier (a reward model); "
+                f"{ref.setting} needs a causal LM (an ...ForCausalLM architecture), such as the policy an SFT run writes")
+    if ref.kind == "reward":
+        if not any(a.endswith(_REWARD_SUFFIX) for a in archs):
+            kind = "a causal LM" if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) else "not a sequence classifier"
+            return (f"{ref.setting} {ref.path!r} holds a {found}, {kind}; a reward model must be an "
+                    f"...{_REWARD_SUFFIX} with num_labels=1, such as `rlhf-dist rm` writes (its model/ folder)")
+        labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
+        if labels != 1:
+            return (f"{ref.setting} {ref.path!r} holds a {found} with num_labels={labels}; a reward model "
+                    "gives one score per sequence (num_labels=1), such as `rlhf-dist rm` writes")
     return None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.errors import UserError
-from rlhf_dist.models.loading import load_tokenizer
+from rlhf_dist.models.loading import load_tokenizer, refuse_random_weights
 from rlhf_dist.models.sequences import reward_input_ids, right_pad, sequence_scores
 
 
@@ -27,12 +27,15 @@ class RewardModel:
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "right"
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, output_loading_info=True
+            )
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"cannot load a reward model from {path!r}: {exc}. Point the component's path at a "
                 "directory holding a sequence-classification model with num_labels=1"
             ) from None
+        refuse_random_weights(info, path, "a reward model (sequence classifier, num_labels=1)")
         if model.config.pad_token_id is None:  # the model finds the last token by pad id
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(device).eval()

@@ -247,3 +247,19 @@ def test_a_reward_whose_parameters_cannot_be_bound_is_refused_before_ray(tmp_pat
             "(columns: solution)") in err
     assert "reward.components.1.path: trl_rewards:odd must take (prompts, responses, **columns)" in err
     assert len(err.strip().splitlines()) == 2
+
+
+def test_the_wrong_kind_of_model_is_refused_before_ray(tiny_model, tmp_path):
+    """A causal LM where a reward model belongs (a component, the gold, the critic's start), and a
+    reward model where the policy belongs: each named with the architecture found and the one wanted."""
+    policy, reward = tiny_model.policy, tiny_model.reward
+    err = refused(
+        tmp_path, "train", "--run-dir", "run", f"model.path={reward}", "algorithm.name=ppo",
+        "learner.critic_init=reward_model", f"reward.components=[{{type: model, path: '{policy}'}}]",
+        f"reward.gold={{type: model, path: '{policy}'}}",
+    )
+    assert f"model.path '{reward}' holds a LlamaForSequenceClassification, a sequence classifier" in err
+    assert f"reward.components.0.path '{policy}' holds a LlamaForCausalLM, a causal LM; a reward model must be" in err
+    assert f"reward.gold.path '{policy}' holds a LlamaForCausalLM" in err
+    err = refused(tmp_path, "dpo", "--run-dir", "run", f"model.path={reward}", "data.path=nothere.jsonl")
+    assert f"model.path '{reward}' holds a LlamaForSequenceClassification" in err and "needs a causal LM" in err
