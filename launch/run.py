@@ -106,7 +106,7 @@ def train(
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir, resume)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
-    train_prompts, eval_prompts = load_run_prompts(cfg, tokenizer)
+    train_prompts, eval_prompts, data_stats = load_run_prompts(cfg, tokenizer)
     reward_binding_check(cfg, train_prompts, eval_prompts)
     probe_ids = tokenizer(PROBE_TEXT).input_ids
     if checkpoint is None:  # every check passed, in a run dir of ours: now the config goes in
@@ -136,7 +136,7 @@ def train(
             ) as metrics:
                 driver = Driver(
                     cfg, roles, train_prompts, tokenizer.pad_token_id, probe_ids, metrics, sync_address, run_dir,
-                    eval_prompts,
+                    eval_prompts, data_stats,
                 )
                 if checkpoint is not None:
                     with console.phase(f"restored {checkpoint.name}"):
@@ -184,17 +184,22 @@ def stopped_line(cfg: RunConfig, run_dir: Path) -> str:
             f"rlhf-dist train --resume {shlex.quote(str(run_dir))}")
 
 
-def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list]:
-    """The training prompts and the eval prompts (``eval.prompts``, or ``eval.holdout`` of them
-    held out of data.prompts and never trained on)."""
-    train_prompts, eval_prompts = load_prompts(cfg.data, tokenizer, cfg.seed).prompts, []
+def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list, dict[str, float]]:
+    """The training prompts, the eval prompts (``eval.prompts``, or ``eval.holdout`` of them held
+    out of data.prompts and never trained on), and the ``data/*`` counts every step logs. What
+    loading cut or dropped is said on one line per file."""
+    loaded = load_prompts(cfg.data, tokenizer, cfg.seed)
+    train_prompts, eval_prompts, sets = loaded.prompts, [], [loaded]
     if cfg.eval.holdout:
         train_prompts, eval_prompts = split_holdout(train_prompts, cfg.eval.holdout, cfg.seed)
     elif cfg.eval.prompts is not None:
-        eval_prompts = load_prompts(cfg.data, tokenizer, cfg.seed, cfg.eval.prompts, setting="eval.prompts").prompts
+        sets.append(load_prompts(cfg.data, tokenizer, cfg.seed, cfg.eval.prompts, setting="eval.prompts"))
+        eval_prompts = sets[-1].prompts
+    for line in filter(None, (s.report() for s in sets)):
+        console.say(line)
     if len(train_prompts) < cfg.rollout.prompts_per_step:
         raise UserError(
             f"the data has {len(train_prompts)} usable training prompts, fewer than "
             f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}; add prompts or lower it"
         )
-    return train_prompts, eval_prompts
+    return train_prompts, eval_prompts, {"data/truncated_prompts": float(loaded.num_truncated)}

@@ -44,7 +44,6 @@ def run_stage(
     and ``eval_rows``, when given, is the held-out set (all of ``rows`` then trains)."""
     preflight_stage(kind, cfg, has_rows=rows is not None)  # user errors before the run dir, a tiny model or Ray
     run_dir = prepare_run_dir(run_dir)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
@@ -60,6 +59,12 @@ def run_stage(
         examples.eval = make(eval_rows, tokenizer, cfg.data, cfg.seed).train
     print(f"{kind}: {len(examples.train)} train / {len(examples.eval)} held-out examples; "
           f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
+    if examples.dropped:
+        print(f"{kind}: dropped " + ", ".join(f"{n} pair{'s' * (n != 1)} with {why}" for why, n in examples.dropped.items())
+              + " (they cannot teach a preference)")
+    if problem := examples.teaching_problem(kind, cfg):
+        raise UserError(problem)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))  # every check passed: now the config goes in
     result = StageResult(kind, run_dir / "model")
     with console.logs_to(run_dir):
         started, workers, groups = False, [], {}

@@ -83,7 +83,10 @@ class ChatRenderer:
         return cls(tokenizer, cfg.chat_template, cfg.system_prompt)
 
     def render(self, messages: Messages, add_generation_prompt: bool, where: str) -> str:
-        """The chat as the template writes it; ``where`` (e.g. ``p.jsonl line 3``) heads errors."""
+        """The chat as the template writes it; ``where`` (e.g. ``p.jsonl line 3``) heads errors.
+
+        A prompt (``add_generation_prompt``) whose last message is the assistant's is a prefill: the
+        model continues that message, so no new assistant turn is opened and the turn is not closed."""
         if not (self.template or getattr(self.tokenizer, "chat_template", None)):
             raise DataError(
                 f"{where} is rendered as a chat, but the tokenizer has no chat template and "
@@ -92,9 +95,11 @@ class ChatRenderer:
             )
         if self.system_prompt is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        prefill = add_generation_prompt and messages[-1]["role"] == "assistant"
         try:
             return self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, add_generation_prompt=add_generation_prompt, tokenize=False
+                messages, chat_template=self.template, add_generation_prompt=add_generation_prompt and not prefill,
+                continue_final_message=prefill, tokenize=False,
             )
         except Exception as exc:  # jinja2 errors, and the templates' own raise_exception(...)
             raise DataError(f"{where}: the chat template failed on this chat: {exc}") from None

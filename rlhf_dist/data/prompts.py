@@ -45,9 +45,27 @@ class PromptSet:
     prompts: list[Prompt]
     num_truncated: int = 0  # prompts cut to max_prompt_tokens tokens
     num_skipped: int = 0  # prompts dropped for being longer than max_prompt_tokens
+    num_empty: int = 0  # empty prompts dropped (no text, or a chat of empty messages)
+    num_rows: int = 0  # rows read
+    max_tokens: int = 0  # data.max_prompt_tokens
+    source: str = ""
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def report(self) -> str | None:
+        """One line on what loading cut or dropped, or None when it kept every row whole."""
+        parts = []
+        if self.num_truncated:
+            parts.append(f"{self.num_truncated} of {self.num_rows} prompts of {self.source} were longer than "
+                         f"data.max_prompt_tokens={self.max_tokens} and were cut to it (a text prompt keeps its "
+                         "first tokens, a chat prompt its last)")
+        if self.num_skipped:
+            parts.append(f"{self.num_skipped} of {self.num_rows} prompts of {self.source} were longer than "
+                         f"data.max_prompt_tokens={self.max_tokens} and were dropped (data.overlong=skip)")
+        if self.num_empty:
+            parts.append(f"{self.num_empty} of {self.num_rows} prompts of {self.source} were empty and were dropped")
+        return "; ".join(parts) or None
 
 
 # ----------------------------------------------------------------------------- builtin tasks
@@ -98,6 +116,7 @@ class _Row:
     text: str
     is_chat: bool  # rendered by a chat template: tokenised without special tokens, truncated at the start
     columns: dict[str, Any]
+    empty: bool = False  # no text at all (or a chat whose messages are all empty)
 
 
 def _read(cfg: DataConfig, source: str, seed: int, setting: str) -> Table:
@@ -113,9 +132,10 @@ def _render_rows(table: Table, cfg: DataConfig, renderer: ChatRenderer) -> list[
         key, prompt = row_prompt(table, i, cfg)
         columns = {k: v for k, v in row.items() if k != key}
         if isinstance(prompt, str):
-            rows.append(_Row(prompt, False, columns))
+            rows.append(_Row(prompt, False, columns, not prompt.strip()))
         else:
-            rows.append(_Row(renderer.render(prompt, add_generation_prompt=True, where=table.where(i)), True, columns))
+            empty = not any(str(m.get("content") or "").strip() for m in prompt)
+            rows.append(_Row(renderer.render(prompt, add_generation_prompt=True, where=table.where(i)), True, columns, empty))
     return rows
 
 
@@ -137,7 +157,13 @@ def load_prompts(
     """
     source = cfg.prompts if source is None else source
     table = _read(cfg, source, seed, setting)
-    rows = _render_rows(table, cfg, ChatRenderer.from_config(tokenizer, cfg))
+    read = _render_rows(table, cfg, ChatRenderer.from_config(tokenizer, cfg))
+    rows = [row for row in read if not row.empty]
+    if len(read) and (len(read) - len(rows)) * 2 >= len(read):
+        raise DataError(
+            f"{len(read) - len(rows)} of {len(read)} prompts of {source} ({setting}) are empty; check "
+            f"data.prompt_key={cfg.prompt_key!r} (or data.messages_key={cfg.messages_key!r}) names the prompt column"
+        )
     ids = [None] * len(rows)
     for is_chat in (False, True):  # one batched tokenizer call per kind
         picked = [i for i, row in enumerate(rows) if row.is_chat == is_chat]
@@ -169,4 +195,5 @@ def load_prompts(
             "tokens and data.overlong=skip drops them; raise data.max_prompt_tokens or set "
             "data.overlong=truncate"
         )
-    return PromptSet(prompts=prompts, num_truncated=truncated, num_skipped=skipped)
+    return PromptSet(prompts=prompts, num_truncated=truncated, num_skipped=skipped, num_empty=len(read) - len(rows),
+                     num_rows=len(read), max_tokens=limit, source=setting if source.startswith(BUILTIN_PREFIX) else source)

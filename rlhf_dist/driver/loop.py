@@ -65,9 +65,11 @@ class Driver:
         sync_address: tuple[str, int],
         run_dir: Path | None = None,
         eval_prompts: list[Prompt] | None = None,
+        data_stats: dict[str, float] | None = None,
     ):
         self.cfg, self.roles, self.prompts, self.pad = cfg, roles, prompts, pad_token_id
         self.metrics, self.run_dir = metrics, run_dir
+        self.data_stats = dict(data_stats or {})  # constants of the data (data/truncated_prompts), on every step
         kl, mon = cfg.algorithm.kl, cfg.monitor
         self.state = LoopState(
             kl_ctl=AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef),
@@ -295,6 +297,7 @@ class Driver:
     def finish_step(self, step: int, record: dict[str, float], batch: StepBatch) -> None:
         """Counters and the hacking alarm into the record, then log it everywhere."""
         record["data/prompts_consumed"] = self.state.sampler.consumed
+        record.update(self.data_stats)
         record.update(self.state.counters)
         record["monitor/hacking_alarm"] = self.check_reward_hacking(step, record)
         self.metrics.log(step, {k: v for k, v in record.items() if k != "step"})

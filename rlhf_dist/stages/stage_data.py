@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_dist.config.stages import StageDataConfig
+from rlhf_dist.config.stages import StageConfig, StageDataConfig
 from rlhf_dist.data.chat import ChatRenderer, Messages, as_messages, row_prompt
 from rlhf_dist.data.reader import DataError, Table, read_table
 
@@ -42,6 +42,19 @@ class Examples:
     eval: list[Any]
     num_truncated: int = 0
     num_skipped: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped as unable to teach
+
+    def teaching_problem(self, kind: str, cfg: StageConfig) -> str | None:
+        """Why these examples would train nothing: no whole mini-batch on some rank, so zero
+        optimizer steps (see `StageTrainer.train_epoch`)."""
+        workers, mini = cfg.learner.num_workers, cfg.learner.mini_batch_size
+        if (len(self.train) // workers) // (mini // workers) > 0:
+            return None
+        what = "pairs" if kind != "sft" else "examples"
+        held = f" after holding out {len(self.eval)} for eval (data.eval_fraction={cfg.data.eval_fraction})" if self.eval else ""
+        return (f"{kind}: {len(self.train)} training {what}{held} make no whole mini-batch of "
+                f"learner.mini_batch_size={mini}, so no optimizer step would be taken; add data, or lower "
+                "learner.mini_batch_size (a multiple of learner.num_workers x learner.micro_batch_size)")
 
 
 def load_rows(cfg: StageDataConfig) -> Table:
@@ -143,12 +156,19 @@ def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: 
     """Rows of (prompt, chosen, rejected); the prompt is text or a chat under ``cfg.messages_key``."""
     table, renderer = _table(rows), ChatRenderer.from_config(tokenizer, cfg)
     examples, truncated, skipped = [], 0, 0
+    dropped = {"chosen == rejected": 0, "an empty chosen or rejected": 0}
     for i in range(len(table)):
         _, prompt_part = row_prompt(table, i, cfg)
         replies = [
             _text(table, i, cfg.chosen_key, "data.chosen_key", "the preferred response"),
             _text(table, i, cfg.rejected_key, "data.rejected_key", "the rejected response"),
         ]
+        if not replies[0].strip() or not replies[1].strip():
+            dropped["an empty chosen or rejected"] += 1  # nothing to prefer, or nothing to prefer it to
+            continue
+        if replies[0] == replies[1]:
+            dropped["chosen == rejected"] += 1  # a zero margin, whatever the model does
+            continue
         prompt, (chosen, rejected) = _encode(tokenizer, renderer, prompt_part, replies, table.where(i))
         fitted = _fit(prompt, [chosen, rejected], cfg)
         if fitted is None:
@@ -156,7 +176,23 @@ def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: 
             continue
         truncated += fitted[0] != prompt or fitted[1] != [chosen, rejected]
         examples.append(PairExample(fitted[0], *fitted[1]))
-    return _finish(examples, cfg, seed, truncated, skipped)
+    _refuse_mostly_degenerate(dropped, len(table), cfg)
+    out = _finish(examples, cfg, seed, truncated, skipped)
+    out.dropped = {reason: n for reason, n in dropped.items() if n}
+    return out
+
+
+def _refuse_mostly_degenerate(dropped: dict[str, int], total: int, cfg: StageDataConfig) -> None:
+    """Pairs that cannot teach a preference are dropped; when they are half the data or more, the
+    data is wrong (swapped columns, a broken export) and the run is refused."""
+    bad = sum(dropped.values())
+    if total and bad * 2 >= total:
+        counts = ", ".join(f"{n} with {reason}" for reason, n in dropped.items() if n)
+        raise StageDataError(
+            f"{bad} of {total} preference pairs in {cfg.path or 'the data'} cannot teach a preference ({counts}); "
+            f"check data.chosen_key={cfg.chosen_key!r} and data.rejected_key={cfg.rejected_key!r} name two "
+            "different responses"
+        )
 
 
 def _finish(examples: list[Any], cfg: StageDataConfig, seed: int, truncated: int, skipped: int) -> Examples:

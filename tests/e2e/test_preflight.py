@@ -6,6 +6,7 @@ covers several bad inputs of a class.
 """
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -263,3 +264,20 @@ def test_the_wrong_kind_of_model_is_refused_before_ray(tiny_model, tmp_path):
     assert f"reward.gold.path '{policy}' holds a LlamaForCausalLM" in err
     err = refused(tmp_path, "dpo", "--run-dir", "run", f"model.path={reward}", "data.path=nothere.jsonl")
     assert f"model.path '{reward}' holds a LlamaForSequenceClassification" in err and "needs a causal LM" in err
+
+
+def test_data_that_cannot_teach_is_refused_before_ray_with_the_numbers(tiny_model, tmp_path):
+    """Swapped preference columns (chosen == rejected), and too few rows for one optimizer step."""
+    pairs = [{"prompt": f"q{i}", "chosen": "aaa", "rejected": "aaa" if i % 4 else "bbb"} for i in range(40)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    (tmp_path / "demos.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": "aaa"}) + "\n" for i in range(12)))
+    before = checksums(tmp_path)
+    out = rlhf(tmp_path, "dpo", "--run-dir", "dpo", f"model.path={tiny_model.policy}", "data.path=pairs.jsonl")
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr, out.stderr
+    assert "30 of 40 preference pairs in pairs.jsonl cannot teach a preference (30 with chosen == rejected)" in out.stderr
+    out = rlhf(tmp_path, "sft", "--run-dir", "sft", f"model.path={tiny_model.policy}", "data.path=demos.jsonl")
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr, out.stderr
+    assert "sft: 11 training examples after holding out 1 for eval" in out.stderr and "no optimizer step" in out.stderr
+    after = checksums(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith(("dpo/", "sft/"))} == before
+    assert not (tmp_path / "sft" / "config.yaml").exists(), "a refused stage writes no config"

@@ -67,6 +67,13 @@ def test_chat_prompt_gets_the_generation_prompt_and_keeps_its_columns(tmp_path, 
     assert [p.columns for p in prompts] == [{k: v for k, v in r.items() if k != "messages"} for r in rows]
 
 
+def test_a_chat_ending_with_an_assistant_turn_is_continued_as_a_prefill(tmp_path, tokenizer):
+    rows = [{"messages": [user("say cat"), {"role": "assistant", "content": "cat cat"}]}]
+    prompt = load_prompts(DataConfig(prompts=write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, seed=0).prompts[0]
+    assert prompt.text == "<s><|user|>\nsay cat</s><|assistant|>\ncat cat"  # no end of turn, no new assistant turn
+    assert prompt.ids == encode(tokenizer, prompt.text)
+
+
 def test_system_prompt_is_prepended_unless_the_chat_has_one(tmp_path, tokenizer):
     rows = [{"messages": [user("say cat")]}, {"messages": [{"role": "system", "content": "own"}, user("say dog")]}]
     cfg = DataConfig(prompts=write_jsonl(tmp_path / "p.jsonl", rows), system_prompt="be brief")

@@ -203,3 +203,22 @@ def test_restoring_into_a_different_dataset_is_refused():
     state = PromptSampler(7, seed=5).state_dict()
     with pytest.raises(DataError, match="num_prompts, seed, shuffle"):
         PromptSampler(8, seed=5).load_state_dict(state)
+
+
+def test_empty_prompts_are_dropped_and_counted_and_mostly_empty_data_is_refused(tmp_path, tokenizer):
+    rows = [{"prompt": "say cat"}, {"prompt": "  "}, {"prompt": "a dog"}, {"prompt": "sun"}, {"messages": [{"role": "user", "content": ""}]}]
+    prompts = load_prompts(DataConfig(prompts=write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, seed=0)
+    assert [p.text for p in prompts.prompts] == ["say cat", "a dog", "sun"] and prompts.num_empty == 2
+    assert prompts.report() == f"2 of 5 prompts of {tmp_path / 'p.jsonl'} were empty and were dropped"
+    wrong_key = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "", "question": "say cat"}] * 3 + [{"prompt": "x"}])
+    with pytest.raises(DataError, match=r"3 of 4 prompts of .*q.jsonl \(data.prompts\) are empty; check data.prompt_key='prompt'"):
+        load_prompts(DataConfig(prompts=wrong_key), tokenizer, seed=0)
+
+
+def test_every_cut_prompt_is_counted_in_one_line(tmp_path, tokenizer):
+    long_text = " ".join(["banana cherry"] * 20)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": long_text}] * 3 + [{"prompt": "cat"}])
+    prompts = load_prompts(DataConfig(prompts=path, max_prompt_tokens=8), tokenizer, seed=0)
+    assert prompts.report() == (f"3 of 4 prompts of {path} were longer than data.max_prompt_tokens=8 and were cut to "
+                                "it (a text prompt keeps its first tokens, a chat prompt its last)")
+    assert load_prompts(DataConfig(prompts=path), tokenizer, seed=0).report() is None

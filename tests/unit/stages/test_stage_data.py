@@ -101,3 +101,29 @@ def test_every_format_through_the_config(tmp_path):
     assert load_rows(StageDataConfig(path=str(tmp_path / "pairs.txt"), format="jsonl")).rows == rows
     with pytest.raises(DataError, match="or set data.format"):
         load_rows(StageDataConfig(path=str(tmp_path / "pairs.txt")))
+
+
+def test_pairs_that_cannot_teach_are_dropped_and_counted_and_mostly_such_data_is_refused(tokenizer):
+    good = [{"prompt": f"q{i}", "chosen": "aaa", "rejected": "bbb"} for i in range(6)]
+    same = {"prompt": "q", "chosen": "same", "rejected": "same"}
+    empty = {"prompt": "q", "chosen": "aaa", "rejected": " "}
+    ex = preference_examples(good + [same, empty], tokenizer, StageDataConfig(eval_fraction=0.0), seed=0)
+    assert len(ex.train) == 6 and ex.dropped == {"chosen == rejected": 1, "an empty chosen or rejected": 1}
+    swapped = [{"prompt": f"q{i}", "chosen": "aaa", "rejected": "aaa"} for i in range(3)] + good[:2] + [empty]
+    with pytest.raises(DataError, match=r"4 of 6 preference pairs in pairs.jsonl cannot teach a preference \(3 with "
+                                        r"chosen == rejected, 1 with an empty chosen or rejected\); check data.chosen_key"):
+        preference_examples(swapped, tokenizer, StageDataConfig(path="pairs.jsonl"), seed=0)
+
+
+def test_data_that_makes_no_optimizer_step_names_the_numbers(tokenizer):
+    from rlhf_dist.config.stages import StageConfig
+
+    rows = [{"prompt": f"q{i}", "response": "aaa"} for i in range(20)]
+    cfg = StageConfig(name="sft", data={"eval_fraction": 0.25}, learner={"mini_batch_size": 16, "micro_batch_size": 8})
+    ex = sft_examples(rows, tokenizer, cfg.data, seed=0)
+    assert ex.teaching_problem("sft", cfg) == (
+        "sft: 15 training examples after holding out 5 for eval (data.eval_fraction=0.25) make no whole mini-batch of "
+        "learner.mini_batch_size=16, so no optimizer step would be taken; add data, or lower learner.mini_batch_size "
+        "(a multiple of learner.num_workers x learner.micro_batch_size)")
+    enough = sft_examples(rows * 2, tokenizer, cfg.data, seed=0)
+    assert enough.teaching_problem("sft", cfg) is None
