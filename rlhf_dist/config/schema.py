@@ -328,11 +328,26 @@ class RecoveryConfig(Section):
 
 
 class MonitorConfig(Section):
-    """The reward-hacking alarm (rlhf_dist/driver/hacking_alarm.py); active when a gold reward exists or a KL budget is set."""
+    """The alarms: reward hacking (rlhf_dist/driver/hacking_alarm.py; proxy vs gold trends, KL per
+    sequence) and collapse or no signal (rlhf_dist/driver/health.py). Each warns; none stops the run."""
 
     window: int = Field(5, ge=3, description="steps over which proxy and gold trends are fitted")
     min_gold_drop: float = Field(0.02, ge=0.0, description="gold fall along the window that counts as falling")
-    kl_budget: float | None = Field(None, gt=0.0, description="alarm when kl/mean (nats/sequence) exceeds it")
+    kl_budget: float | None = Field(
+        100.0, gt=0.0, description="reward-hacking alarm when kl/mean (nats/sequence) exceeds it; null = off"
+    )
+    kl_token_budget: float | None = Field(
+        4.0, gt=0.0, description="KL alarm when kl/token_mean (nats/token) exceeds it; null = off"
+    )
+    kl_jump: float | None = Field(
+        10.0, gt=1.0, description="KL alarm when kl/token_mean grows more than this factor in one step; null = off"
+    )
+    entropy_floor: float | None = Field(
+        0.05, gt=0.0, lt=1.0, description="entropy alarm when policy/entropy falls below this share of its first value"
+    )
+    no_signal_steps: int = Field(
+        3, ge=0, description="no-signal alarm after this many steps in a row where no group had reward spread; 0 = off"
+    )
 
 
 class EvalConfig(Section):

@@ -30,6 +30,7 @@ from rlhf_dist.data import Prompt, PromptSampler
 from rlhf_dist.driver.batch_producer import RolloutPipeline
 from rlhf_dist.driver.evaluation import Evaluator
 from rlhf_dist.driver.hacking_alarm import HackingMonitor
+from rlhf_dist.driver.health import HealthMonitor, TrainingHealthWarning
 from rlhf_dist.driver.learner_group import LearnerGroup
 from rlhf_dist.driver.remote_calls import ActorDied, Roles, RunFailed, gather, wait_until_alive
 from rlhf_dist.driver.run_state import LoopState, restore_run_checkpoint, save_run_checkpoint
@@ -38,7 +39,7 @@ from rlhf_dist.experience import Experience, StepBatch
 from rlhf_dist.metrics.logger import MetricsLogger
 from rlhf_dist.metrics.ray_gauges import RayMetricsExporter
 from rlhf_dist.metrics.timing import timed
-from rlhf_dist.weight_sync.controller import WeightSync
+from rlhf_dist.weight_sync.controller import WeightSync, WeightSyncError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Driver:
             kl_ctl=AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef),
             sampler=PromptSampler(len(prompts), seed=cfg.seed, shuffle=cfg.data.shuffle),
             monitor=HackingMonitor(mon.window, mon.min_gold_drop, mon.kl_budget),
+            health=HealthMonitor(mon, cfg.rollout.samples_per_prompt),
         )
         self.learners = LearnerGroup(roles.learners)
         self.sync = WeightSync(roles.learners, roles.rollout, sync_address, probe_ids,
@@ -151,13 +153,15 @@ class Driver:
         with self.phase("train"):
             train_stats = self.learner_call(lambda: self.learners.train(exp, kl_ctl.value), step)
         self.count_nonfinite(step, train_stats)
+        health = self.check_health(step, adv_stats, train_stats, exp)
         with self.phase(self.waiting):
             self.finish_rollouts()
         with self.phase("sync"):
             self.set_generators_awake(True)
-            sync_stats = self.recovering(lambda: self.learner_call(self.sync_weights, step))
+            sync_stats = self.recovering(lambda: self.learner_call(lambda: self.sync_weights_of(step), step))
         kl_ctl.update(adv_stats["kl/mean"], exp.batch_size)
-        record = self.step_metrics(step, exp, started, eval_stats, produced.stats, adv_stats, train_stats, sync_stats)
+        record = self.step_metrics(step, exp, started, eval_stats, produced.stats, adv_stats, train_stats, sync_stats,
+                                   health)
         self.finish_step(step, record, batch)
         return record
 
@@ -194,6 +198,28 @@ class Driver:
 
     def values(self, exp: Experience) -> torch.Tensor | None:
         return self.learners.values(exp) if self.cfg.algorithm.name == "ppo" else None
+
+    def check_health(self, step: int, adv_stats: dict, train_stats: dict, exp: Experience) -> dict[str, float]:
+        """The collapse and no-signal alarms (rlhf_dist/driver/health.py): metrics, and a warning each."""
+        stats, lines = self.state.health.check(step, adv_stats["kl/token_mean"], train_stats.get("policy/entropy"),
+                                               exp.scores)
+        for line in lines:
+            warnings.warn(line, TrainingHealthWarning, stacklevel=2)
+        return stats
+
+    def sync_weights_of(self, step: int) -> dict[str, float]:
+        """`sync_weights`; a sync check that fails right after an alarm of divergence is reported as
+        the divergence it most likely is, not as a transport fault."""
+        try:
+            return self.sync_weights()
+        except WeightSyncError as exc:
+            reason = self.state.health.diverged
+            if not reason:
+                raise
+            raise RunFailed(
+                f"the policy diverged at step {step}: {reason}. The weight sync after it failed too ({exc}), as "
+                f"exploding or non-finite weights make it. {self.resume_hint()}"
+            ) from exc
 
     def sync_weights(self) -> dict[str, float]:
         """Send the trained weights to the generators as the next policy version."""
@@ -261,7 +287,7 @@ class Driver:
         self.state.counters["train/skipped_steps"] += 1
         self.state.nonfinite_in_a_row += 1
         limit = self.cfg.recovery.max_nonfinite_steps
-        log.warning("step %d: the loss was NaN/inf; its update was skipped (%d in a row)", step,
+        log.warning("step %d: the loss (policy or critic) was NaN/inf; its update was skipped (%d in a row)", step,
                     self.state.nonfinite_in_a_row)
         if self.state.nonfinite_in_a_row >= limit:
             raise RunFailed(

@@ -34,11 +34,13 @@ from rlhf_dist.driver.remote_calls import ActorFailed, Roles, gather
 @dataclass
 class LoopState:
     """What the driver carries from step to step besides the actors' state. Each part has its own
-    ``state_dict``/``load_state_dict`` (the KL controller, the prompt sampler, the hacking monitor)."""
+    ``state_dict``/``load_state_dict`` (the KL controller, the prompt sampler, the hacking monitor,
+    the collapse and no-signal alarms)."""
 
     kl_ctl: Any
     sampler: Any
     monitor: Any
+    health: Any = None
     policy_version: int = 0
     counters: dict[str, float] = field(default_factory=lambda: {"faults/actor_restarts": 0, "train/skipped_steps": 0})
     nonfinite_in_a_row: int = 0
@@ -50,6 +52,7 @@ class LoopState:
             "kl_controller": self.kl_ctl.state_dict(),
             "sampler": self.sampler.state_dict(),
             "monitor": self.monitor.state_dict(),
+            "health": self.health.state_dict() if self.health is not None else {},
             "counters": dict(self.counters),
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "num_generators": len(roles.rollout),
@@ -62,6 +65,8 @@ class LoopState:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
         self.monitor.load_state_dict(state["monitor"])
+        if self.health is not None:
+            self.health.load_state_dict(state.get("health", {}))  # checkpoints from before the alarms: none
         self.counters.update(state["counters"])
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         return state["steps_done"]

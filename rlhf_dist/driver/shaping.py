@@ -15,6 +15,7 @@ from rlhf_dist.algorithms import (
     masked_mean,
     masked_whiten,
     rloo_advantages,
+    uniform_groups,
 )
 from rlhf_dist.config.schema import AlgorithmConfig
 from rlhf_dist.experience import Experience
@@ -59,6 +60,10 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
         sequence_scores = scores - (penalty.sum(-1) if algo.kl.mode == "reward" else 0.0)
         if algo.name == "grpo":
             seq_adv = group_advantages(sequence_scores, group_size, normalize_std=algo.normalize_group_std)
+            # A group whose raw rewards are equal carries no signal: with KL in the reward, its spread
+            # is KL noise, which the group std would blow up to unit scale. It gets zero advantage.
+            flat = uniform_groups(scores, group_size).repeat_interleave(group_size)
+            seq_adv = seq_adv.masked_fill(flat, 0.0)
         else:
             seq_adv = rloo_advantages(sequence_scores, group_size)
         exp.token_rewards = last_token_scores(sequence_scores, mask)

@@ -216,7 +216,9 @@ class Learner:
             step_stats, finite = self._policy_micro_step(mb, part.cut(is_weights), kl_coef, num_tokens, num_seqs, scale)
             nonfinite = max(nonfinite, float(not finite))
             if self.critic is not None:
-                step_stats = step_stats | self._critic_micro_step(mb, num_tokens, num_seqs, scale)
+                critic_stats, critic_finite = self._critic_micro_step(mb, num_tokens, num_seqs, scale)
+                step_stats = step_stats | critic_stats
+                nonfinite = max(nonfinite, float(not critic_finite))  # counts toward max_nonfinite_steps too
             stats.add(step_stats, tokens=float(mb.loss_mask.sum()))
         lrs = {"train/lr": self.policy.get_lr()[0]}  # read before step() advances the schedule
         self.policy.step()
@@ -229,7 +231,8 @@ class Learner:
         # A NaN/inf loss gives non-finite gradients, which DeepSpeed's overflow check (all-reduced
         # over the ranks) turns into a skipped optimizer step on every rank alike.
         out["train/nonfinite_loss"] = nonfinite
-        out["train/skipped_updates"] = float(not self.policy.was_step_applied())
+        skipped = not self.policy.was_step_applied() or (self.critic is not None and not self.critic.was_step_applied())
+        out["train/skipped_updates"] = float(skipped)
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             out["policy/grad_norm"] = float(grad_norm)
         return out
@@ -268,7 +271,10 @@ class Learner:
         self.policy.backward(loss * scale, scale_wrt_gas=False)
         return stats, finite
 
-    def _critic_micro_step(self, mb: Experience, num_tokens: float, num_seqs: float, scale: float) -> MicroStats:
+    def _critic_micro_step(
+        self, mb: Experience, num_tokens: float, num_seqs: float, scale: float
+    ) -> tuple[MicroStats, bool]:
+        """One micro-batch's value loss and backward; returns its statistics and whether the loss was finite."""
         algo = self.cfg.algorithm
         prompt_ids, prompt_mask, response_ids, response_mask = _tokens(mb, self.device)
         values = self.critic(prompt_ids, prompt_mask, response_ids, response_mask).float()
@@ -276,9 +282,10 @@ class Learner:
             values, mb.values.to(self.device), mb.returns.to(self.device), mb.loss_mask.to(self.device),
             algo.value_clip, algo.loss_agg, num_tokens, num_seqs,
         )
+        finite = bool(torch.isfinite(loss.detach()).item())
         self.critic.backward(loss * scale, scale_wrt_gas=False)
         return MicroStats(summed={"critic/value_loss": float(loss.detach())},
-                          weighted={f"critic/{k}": float(v) for k, v in vstats.items()})
+                          weighted={f"critic/{k}": float(v) for k, v in vstats.items()}), finite
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -42,6 +42,17 @@ def test_grpo_broadcasts_group_advantages_over_response_tokens():
     assert stats["kl/mean"] == pytest.approx(float(per_token * (4 + 2 + 3 + 1) / 4), rel=1e-5)
 
 
+def test_grpo_with_kl_in_the_reward_gives_equal_reward_groups_zero_advantage():
+    """Without the guard, a group whose rewards are all 1.0 would see only its KL penalties, and
+    the group std (~1e-3 here) would blow that noise up to advantages of about +-0.7."""
+    exp = make_exp([1.0, 1.0, 0.0, 2.0], [4, 2, 3, 1])
+    exp.rollout_logprobs[0] -= 0.01  # KL differs a little within the flat group
+    algo = AlgorithmConfig(name="grpo", kl=KLConfig(mode="reward", kind="k1"))
+    compute_advantages(exp, algo, kl_coef=0.1, group_size=2)
+    assert (exp.advantages[:2] == 0).all()
+    assert exp.advantages[2, 0] < 0 < exp.advantages[3, 0]  # the group with a spread keeps its signal
+
+
 def test_ppo_kl_penalty_enters_every_token_and_score_the_last():
     # One sequence of 2 tokens, V = 0, gamma = lam = 1, k1 = logp - ref = 0.5 per token, coef 0.2:
     # rewards = [-0.1, 1 - 0.1]; A_1 = 0.9, A_0 = -0.1 + 0.9 = 0.8 (no whitening).
