@@ -290,10 +290,16 @@ class Driver:
         log.warning("step %d: the loss (policy or critic) was NaN/inf; its update was skipped (%d in a row)", step,
                     self.state.nonfinite_in_a_row)
         if self.state.nonfinite_in_a_row >= limit:
+            steps = f"{limit} steps in a row (steps {step - limit + 1}..{step})"
+            if diverged := self.state.health.diverged:  # an alarm said why before the losses broke
+                raise RunFailed(
+                    f"the policy diverged: {diverged}; then the loss was NaN or inf in {steps}. Lower "
+                    f"learner.optimizer.lr (now {self.cfg.learner.optimizer.lr:g}). " + self.resume_hint()
+                )
             raise RunFailed(
-                f"the loss was NaN or inf in {limit} steps in a row (steps {step - limit + 1}..{step}); each update "
-                "was skipped, so the policy is unchanged since. Check the rewards for huge or non-finite values, "
-                "lower learner.optimizer.lr, or raise recovery.max_nonfinite_steps. " + self.resume_hint()
+                f"the loss was NaN or inf in {steps}; each update was skipped, so the policy is unchanged since. Check "
+                "the rewards for huge or non-finite values, lower learner.optimizer.lr, or raise "
+                "recovery.max_nonfinite_steps. " + self.resume_hint()
             )
 
     def resume_hint(self) -> str:
