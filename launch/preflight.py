@@ -32,6 +32,7 @@ from rlhf_dist.planning.machine_checks import (
     oversubscription_warning,
     python_binding_problem,
     python_function_problem,
+    remote_reward_problem,
 )
 from rlhf_dist.planning.memory_plan import MemoryPlanError, plan_memory, refusal
 from rlhf_dist.planning.placement import plan_placement
@@ -51,6 +52,7 @@ def preflight_train(cfg: RunConfig, force: bool = False) -> None:
 
         _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
     problems += model_problems(_models(cfg))
+    problems += [p for url, key in _remote_rewards(cfg) if (p := remote_reward_problem(url, key))]
     _raise(problems)
     reward_binding_check(cfg)
     if _local():
@@ -165,6 +167,14 @@ def _python_rewards(cfg: RunConfig) -> list[tuple[str, str]]:
     if gold is not None:
         found.append((gold, "reward.gold" if isinstance(cfg.reward.gold, str) else "reward.gold.path"))
     return [(c.path, key) for c, key in found if c.type == "python" and c.path]
+
+
+def _remote_rewards(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(url, config key) of every remote reward, the gold one included."""
+    found = [(c, f"reward.components.{i}.url") for i, c in enumerate(cfg.reward.components)]
+    if isinstance(cfg.reward.gold, RewardComponent):
+        found.append((cfg.reward.gold, "reward.gold.url"))
+    return [(c.url, key) for c, key in found if c.type == "remote" and c.url]
 
 
 def _data_paths(cfg: RunConfig) -> list[tuple[str, str]]:

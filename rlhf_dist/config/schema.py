@@ -141,7 +141,7 @@ class RewardConfig(Section):
         "every sample, logged as reward/gold_mean but not trained on",
     )
     clip: float | None = Field(None, gt=0.0, description="clip the summed reward to [-clip, clip]")
-    timeout_s: float = Field(30.0, gt=0.0, description="remote components: seconds per request")
+    timeout_s: float = Field(30.0, gt=0.0, description="seconds per call of a remote (each request) or Python component")
     retries: int = Field(3, ge=0, description="remote components: retries after a timeout, refusal or 5xx")
     backoff_s: float = Field(0.5, ge=0.0, description="remote components: wait before retry k is backoff_s * 2**k")
     max_response_bytes: int = Field(1_000_000, ge=1, description="remote components: larger answers are refused")

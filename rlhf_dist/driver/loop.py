@@ -152,8 +152,8 @@ class Driver:
             produced.zero_filler_advantages(self.cfg.rollout.samples_per_prompt)
         with self.phase("train"):
             train_stats = self.learner_call(lambda: self.learners.train(exp, kl_ctl.value), step)
+        health = self.check_health(step, adv_stats, train_stats, exp)  # first: a NaN stop can then name it
         self.count_nonfinite(step, train_stats)
-        health = self.check_health(step, adv_stats, train_stats, exp)
         with self.phase(self.waiting):
             self.finish_rollouts()
         with self.phase("sync"):

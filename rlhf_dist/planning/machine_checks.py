@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -219,6 +221,25 @@ def _on_path(roots: list[str]) -> Iterator[None]:
         sys.dont_write_bytecode = no_bytecode
         for r in added:
             sys.path.remove(r)
+
+
+# -- remote rewards ------------------------------------------------------------------------------
+
+
+def remote_reward_problem(url: str, setting: str, timeout_s: float = 3.0) -> str | None:
+    """Whether a remote reward's host accepts a connection (nothing is sent: a POST could cost the
+    server work). None when it does."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{setting}={url!r} is not an http:// or https:// URL"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        return (f"{setting}={url!r} cannot be reached ({reason} from {parts.hostname}:{port} within {timeout_s:g} s); "
+                "start the reward server, or fix the URL")
 
 
 # -- data, GPUs and cores ------------------------------------------------------------------------

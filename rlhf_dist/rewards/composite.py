@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,14 +96,44 @@ def _build(where: str, spec: RewardComponent, cfg: RewardConfig, label: str | No
         return _Component(label or spec.name, f"rule {spec.name!r}", fn, spec.weight)
     if spec.type == "python":
         name = spec.name or spec.path.partition(":")[2]
-        fn = with_columns(load_python_function(spec.path), f"python reward {name!r} ({spec.path})")
+        where = f"python reward {label or name!r} ({spec.path})"
+        fn = within(with_columns(load_python_function(spec.path), where), cfg.timeout_s, where)
         return _Component(label or name, f"python {spec.path}", fn, spec.weight)
     if spec.type == "model":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = RewardModel(spec.path, device)
         return _Component(label or spec.name or "model", f"model {spec.path}", lambda p, r, _c, _e=None: model(p, r), spec.weight)
-    remote = RemoteReward(spec.url, cfg.timeout_s, cfg.retries, cfg.backoff_s, cfg.max_response_bytes)
-    return _Component(label or spec.name or "remote", f"remote {spec.url}", remote, spec.weight)
+    name = label or spec.name or "remote"
+    remote = RemoteReward(spec.url, cfg.timeout_s, cfg.retries, cfg.backoff_s, cfg.max_response_bytes, name=name)
+    return _Component(name, f"remote {spec.url}", remote, spec.weight)
+
+
+def within(fn: BatchFn, timeout_s: float, where: str) -> BatchFn:
+    """``fn`` with a time limit: a call past ``timeout_s`` fails the step with a :class:`RewardError`.
+    The call runs in a daemon thread, which cannot be stopped: it is left behind, and the run stops."""
+
+    def timed(prompts: list[str], responses: list[str], columns: Columns, extras: Extras | None = None) -> Any:
+        answer: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                answer["value"] = fn(prompts, responses, columns, extras)
+            except BaseException as exc:  # handed to the caller's thread
+                answer["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"reward {where}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise RewardError(
+                f"{where} took more than reward.timeout_s={timeout_s:g} s on a batch of {len(prompts)} samples; "
+                "make it faster, or raise reward.timeout_s"
+            )
+        if "error" in answer:
+            raise answer["error"]
+        return answer["value"]
+
+    return timed
 
 
 def _per_sample(rule_name: str, rule: SampleRule) -> BatchFn:

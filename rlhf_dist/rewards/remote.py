@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import urllib.error
@@ -13,6 +14,8 @@ from typing import Any
 from rlhf_dist.errors import UserError
 from rlhf_dist.rewards.errors import RewardError
 
+log = logging.getLogger(__name__)
+
 
 class RemoteReward:
     """Scores a batch by POSTing ``{"prompts": [...], "responses": [...], "columns": {...}}``.
@@ -20,8 +23,9 @@ class RemoteReward:
     ``columns`` maps every dataset column's name to its B values; a value JSON cannot hold (a
     date, NaN, an object) is sent as its ``str()``. The server answers ``{"rewards": [B floats]}``.
     Timeouts, refused connections and 5xx answers are retried ``retries`` times after the first
-    attempt, waiting ``backoff_s * 2**k`` seconds before retry ``k``; then, or on any other bad
-    answer, :class:`RewardError`.
+    attempt, waiting ``backoff_s * 2**k`` seconds before retry ``k``, each retry announced by a
+    warning line (so a slow server never leaves the console silent for long); then, or on any other
+    bad answer, :class:`RewardError`.
     """
 
     def __init__(
@@ -31,11 +35,12 @@ class RemoteReward:
         retries: int = 3,
         backoff_s: float = 0.5,
         max_response_bytes: int = 1_000_000,
+        name: str = "remote",
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UserError(f"remote reward url must start with http:// or https://, got {url!r}")
         self.url, self.timeout_s, self.retries = url, timeout_s, retries
-        self.backoff_s, self.max_response_bytes = backoff_s, max_response_bytes
+        self.backoff_s, self.max_response_bytes, self.name = backoff_s, max_response_bytes, name
 
     def __call__(
         self, prompts: list[str], responses: list[str], columns: Mapping[str, Sequence[Any]] | None = None,
@@ -88,6 +93,8 @@ class RemoteReward:
                     )
                 return raw
             if attempt + 1 < attempts:
+                log.warning("waiting for reward %r (attempt %d/%d, %g s): %s answered %s", self.name, attempt + 2,
+                            attempts, self.timeout_s, self.url, failure)
                 time.sleep(self.backoff_s * 2**attempt)
         raise RewardError(
             f"remote reward {self.url} failed {attempts} time(s), last with {failure} "

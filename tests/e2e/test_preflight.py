@@ -281,3 +281,10 @@ def test_data_that_cannot_teach_is_refused_before_ray_with_the_numbers(tiny_mode
     after = checksums(tmp_path)
     assert {k: v for k, v in after.items() if not k.startswith(("dpo/", "sft/"))} == before
     assert not (tmp_path / "sft" / "config.yaml").exists(), "a refused stage writes no config"
+
+
+def test_an_unreachable_remote_reward_is_refused_before_ray(tmp_path):
+    port = closed_port()
+    err = refused(tmp_path, "train", "--run-dir", "run", f"reward.components=[{{type: remote, url: 'http://127.0.0.1:{port}/score'}}]")
+    assert (f"reward.components.0.url='http://127.0.0.1:{port}/score' cannot be reached (Connection refused from "
+            f"127.0.0.1:{port} within 3 s); start the reward server, or fix the URL") in err

@@ -402,13 +402,16 @@ def test_remote_timeout_is_retried_then_reported(server):
     assert _Handler.hits["/slow"] == 2
 
 
-def test_remote_5xx_is_retried_with_the_configured_budget(server):
-    flaky = RewardComponent(type="remote", url=f"{server}/flaky")
+def test_remote_5xx_is_retried_with_the_configured_budget(server, caplog):
+    flaky = RewardComponent(type="remote", url=f"{server}/flaky", name="judge")
     start = time.monotonic()
     result = RewardConfig(components=[flaky], retries=2, backoff_s=0.1)
     assert CompositeReward(result).score(["p"], ["r"]).total.tolist() == [7.0]
     assert time.monotonic() - start >= 0.1 + 0.2, "backoff 0.1 s, then 0.2 s"
     assert _Handler.hits["/flaky"] == 3
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for reward")]
+    assert waits == [f"waiting for reward 'judge' (attempt {k}/3, 30 s): {server}/flaky answered HTTP 503 busy"
+                     for k in (2, 3)]  # a line before each retry: a slow server is never silent for long
     with pytest.raises(RewardError, match="/flaky failed 2 time.*HTTP 503"):
         CompositeReward(RewardConfig(components=[flaky], retries=1, backoff_s=0.0)).score(["p"], ["r"])
 
@@ -418,6 +421,18 @@ def test_remote_connection_refused_is_reported():
         port = unused.server_address[1]  # bound then closed: nothing listens there afterwards
     with pytest.raises(RewardError, match=f"127.0.0.1:{port} failed 1 time"):
         RemoteReward(f"http://127.0.0.1:{port}", timeout_s=1.0, retries=0)(["p"], ["r"])
+
+
+def test_a_python_reward_past_the_timeout_fails_the_step_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "sleepy.py").write_text("import time\ndef slow(prompts, responses):\n    time.sleep(5)\n    return [0.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = CompositeReward(RewardConfig(components=[RewardComponent(type="python", path="sleepy:slow")], timeout_s=0.3))
+    start = time.monotonic()
+    with pytest.raises(RewardError) as info:
+        reward.score(["p"] * 3, ["r"] * 3)
+    assert time.monotonic() - start < 2
+    assert str(info.value) == ("python reward 'slow' (sleepy:slow) took more than reward.timeout_s=0.3 s on a batch of "
+                               "3 samples; make it faster, or raise reward.timeout_s")
 
 
 # ----------------------------------------------------------------------------- reward model
