@@ -57,6 +57,8 @@ def run_stage(
     examples = make(rows, tokenizer, cfg.data, cfg.seed)
     if eval_rows is not None:
         examples.eval = make(eval_rows, tokenizer, cfg.data, cfg.seed).train
+    if examples.layout:
+        print(f"{kind}: {cfg.data.path or 'the data'} holds {examples.layout}")
     print(f"{kind}: {len(examples.train)} train / {len(examples.eval)} held-out examples; "
           f"{examples.num_truncated} truncated, {examples.num_skipped} skipped (data.overlong={cfg.data.overlong})")
     if examples.dropped:

@@ -37,6 +37,21 @@ def as_messages(value: Any, where: str, key: str) -> Messages:
     return value
 
 
+def check_not_sharegpt(table: Table) -> None:
+    """ShareGPT's ``conversations`` of ``{from, value}`` turns: named, with the conversion."""
+    rows = [r for r in table.rows[:5] if isinstance(r.get("conversations"), list) and r["conversations"]]
+    if rows and isinstance(rows[0]["conversations"][0], dict) and "from" in rows[0]["conversations"][0]:
+        raise DataError(
+            f"{table.source}: ShareGPT from/value messages ('conversations') are not supported; convert each "
+            "turn to {role, content} (from human -> role user, gpt -> assistant, system -> system; value -> "
+            "content) under a 'messages' column"
+        )
+    if rows:
+        raise DataError(
+            f"{table.source}: the chats are under 'conversations'; set data.messages_key=conversations"
+        )
+
+
 def row_prompt(table: Table, i: int, cfg: DataConfig | StageDataConfig) -> tuple[str, str | Messages]:
     """The prompt of row ``i``: ``(key, text)`` or ``(key, messages)``; ``key`` is the column used.
 
@@ -47,6 +62,8 @@ def row_prompt(table: Table, i: int, cfg: DataConfig | StageDataConfig) -> tuple
     if row.get(cfg.messages_key) is not None:
         return cfg.messages_key, as_messages(row[cfg.messages_key], where, cfg.messages_key)
     if cfg.prompt_key not in row:
+        if "conversations" in table.columns:
+            check_not_sharegpt(table)
         if cfg.prompt_key in table.columns or cfg.messages_key in table.columns:
             raise DataError(
                 f"{where}: no {cfg.prompt_key!r} (data.prompt_key) or {cfg.messages_key!r} (data.messages_key); "
@@ -58,11 +75,8 @@ def row_prompt(table: Table, i: int, cfg: DataConfig | StageDataConfig) -> tuple
             "holding text prompts, or data.messages_key to the one holding chats"
         )
     text = row[cfg.prompt_key]
-    if isinstance(text, list):
-        raise DataError(
-            f"{where}: {cfg.prompt_key!r} (data.prompt_key) holds a list; if it is a chat, "
-            f"set data.messages_key={cfg.prompt_key}"
-        )
+    if isinstance(text, list):  # TRL's conversational prompt: a chat under "prompt"
+        return cfg.prompt_key, as_messages(text, where, cfg.prompt_key)
     if not isinstance(text, str):
         raise DataError(f"{where}: {cfg.prompt_key!r} is a {type(text).__name__} ({str(text)[:60]}), expected a string")
     if cfg.apply_chat_template:

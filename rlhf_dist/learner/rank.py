@@ -364,7 +364,8 @@ class Learner:
         if self.rank != 0:
             return None
 
-        return str(write_hf_model(Path(out_dir), self.policy.module, state, tokenizer_path))
+        return str(write_hf_model(Path(out_dir), self.policy.module, state, tokenizer_path,
+                                  chat_template=self.cfg.data.chat_template))
 
 
 def _last_values(stats: dict[str, list[float]]) -> dict[str, float]:

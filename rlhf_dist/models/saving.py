@@ -12,9 +12,12 @@ from rlhf_dist.models.loading import load_tokenizer
 
 
 def write_hf_model(
-    out_dir: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer_path: str, task: str = "causal"
+    out_dir: Path, module: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer_path: str, task: str = "causal",
+    chat_template: str | None = None,
 ) -> Path:
-    """Save ``state`` (Hugging Face names, merged if LoRA) as a model directory at ``out_dir``.
+    """Save ``state`` (Hugging Face names, merged if LoRA) as a model directory at ``out_dir``, with
+    the tokenizer of ``tokenizer_path``; ``chat_template`` (the run's ``data.chat_template``) becomes
+    the saved tokenizer's template, so the next stage renders chats as this one did.
 
     The model is rebuilt from the base config and loaded strictly, so a missing or extra tensor
     fails here rather than in whoever loads the directory later.
@@ -30,6 +33,9 @@ def write_hf_model(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(tokenizer_path).save_pretrained(tmp)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(tmp)
     publish_dir(tmp, out_dir)
     return out_dir

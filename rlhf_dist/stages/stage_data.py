@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_dist.config.stages import StageConfig, StageDataConfig
-from rlhf_dist.data.chat import ChatRenderer, Messages, as_messages, row_prompt
+from rlhf_dist.data.chat import ChatRenderer, Messages
+from rlhf_dist.data.formats import describe, pair_layout, pair_row, sft_layout, sft_row
 from rlhf_dist.data.reader import DataError, Table, read_table
 
 
@@ -43,6 +44,7 @@ class Examples:
     num_truncated: int = 0
     num_skipped: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped as unable to teach
+    layout: str = ""  # the data's layout in words (rlhf_dist/data/formats.py), printed at preparation
 
     def teaching_problem(self, kind: str, cfg: StageConfig) -> str | None:
         """Why these examples would train nothing: no whole mini-batch on some rank, so zero
@@ -121,27 +123,13 @@ def _split(examples: list[Any], cfg: StageDataConfig, seed: int) -> tuple[list[A
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
-def _sft_row(table: Table, i: int, cfg: StageDataConfig) -> tuple[str | Messages, str]:
-    """(prompt, response) of an SFT row: a chat's last message is the response it learns."""
-    row, where = table[i], table.where(i)
-    if row.get(cfg.messages_key) is not None:
-        messages = as_messages(row[cfg.messages_key], where, cfg.messages_key)
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            raise StageDataError(
-                f"{where}: {cfg.messages_key!r} must end with the assistant message SFT learns, after at least "
-                f"one prompt message; got roles {[m['role'] for m in messages]}"
-            )
-        return messages[:-1], messages[-1]["content"]
-    _, prompt = row_prompt(table, i, cfg)
-    return prompt, _text(table, i, cfg.response_key, "data.response_key", "the response text")
-
-
 def sft_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
     """Prompt/response rows, or chat rows under ``cfg.messages_key`` (the last message is the response)."""
     table, renderer = _table(rows), ChatRenderer.from_config(tokenizer, cfg)
+    layout = sft_layout(table, cfg)
     examples, truncated, skipped = [], 0, 0
     for i in range(len(table)):
-        prompt_part, reply = _sft_row(table, i, cfg)
+        prompt_part, reply = sft_row(table, i, cfg, layout)
         prompt, (response,) = _encode(tokenizer, renderer, prompt_part, [reply], table.where(i))
         fitted = _fit(prompt, [response], cfg)
         if fitted is None:
@@ -149,7 +137,9 @@ def sft_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDa
             continue
         truncated += fitted[1][0] != response or fitted[0] != prompt
         examples.append(SFTExample(fitted[0], fitted[1][0]))
-    return _finish(examples, cfg, seed, truncated, skipped)
+    out = _finish(examples, cfg, seed, truncated, skipped)
+    out.layout = describe(layout, cfg)
+    return out
 
 
 def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDataConfig, seed: int) -> Examples:
@@ -157,12 +147,9 @@ def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: 
     table, renderer = _table(rows), ChatRenderer.from_config(tokenizer, cfg)
     examples, truncated, skipped = [], 0, 0
     dropped = {"chosen == rejected": 0, "an empty chosen or rejected": 0}
+    layout = pair_layout(table, cfg)
     for i in range(len(table)):
-        _, prompt_part = row_prompt(table, i, cfg)
-        replies = [
-            _text(table, i, cfg.chosen_key, "data.chosen_key", "the preferred response"),
-            _text(table, i, cfg.rejected_key, "data.rejected_key", "the rejected response"),
-        ]
+        prompt_part, *replies = pair_row(table, i, cfg, layout)
         if not replies[0].strip() or not replies[1].strip():
             dropped["an empty chosen or rejected"] += 1  # nothing to prefer, or nothing to prefer it to
             continue
@@ -179,6 +166,7 @@ def preference_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: 
     _refuse_mostly_degenerate(dropped, len(table), cfg)
     out = _finish(examples, cfg, seed, truncated, skipped)
     out.dropped = {reason: n for reason, n in dropped.items() if n}
+    out.layout = describe(layout, cfg)
     return out
 
 

@@ -206,4 +206,5 @@ class StageTrainer:
             return None
 
         task = "rm" if self.kind == "rm" else "causal"
-        return str(write_hf_model(Path(out_dir), self.engine.module, state, tokenizer_path, task=task))
+        return str(write_hf_model(Path(out_dir), self.engine.module, state, tokenizer_path, task=task,
+                                  chat_template=self.cfg.data.chat_template))

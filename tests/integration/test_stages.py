@@ -13,6 +13,7 @@ from rlhf_dist.models.tiny import make_tiny
 from rlhf_dist.rewards import CompositeReward
 
 RAY_CPUS = 2
+USER_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
 
 
 def stage_cfg(model_path, **overrides):
@@ -23,7 +24,10 @@ def stage_cfg(model_path, **overrides):
 def sft(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     base = make_tiny(root / "tiny").policy
-    return run_stage("sft", stage_cfg(base, epochs=2), root / "sft", rows=demonstrations(384, seed=0))
+    # A data.chat_template of the user's (the rows are text, so it renders nothing here) must travel
+    # with the model the stage writes, so that the next stage renders chats the same way.
+    cfg = stage_cfg(base, epochs=2, data={"chat_template": USER_TEMPLATE})
+    return run_stage("sft", cfg, root / "sft", rows=demonstrations(384, seed=0))
 
 
 def test_sft_lowers_the_held_out_loss_and_writes_a_model(sft):
@@ -32,6 +36,9 @@ def test_sft_lowers_the_held_out_loss_and_writes_a_model(sft):
     start, end = sft.history[0]["sft/eval_loss"], sft.history[-1]["sft/eval_loss"]
     assert end < 0.8 * start, f"held-out loss {start:.3f} -> {end:.3f}"
     AutoModelForCausalLM.from_pretrained(sft.model_dir)
+    from rlhf_dist.models.loading import load_tokenizer
+
+    assert load_tokenizer(sft.model_dir).chat_template == USER_TEMPLATE  # the stage's data.chat_template went with it
 
 
 def test_reward_model_accuracy_calibration_and_normalised_scores(sft, tmp_path):

@@ -67,6 +67,12 @@ def test_chat_prompt_gets_the_generation_prompt_and_keeps_its_columns(tmp_path, 
     assert [p.columns for p in prompts] == [{k: v for k, v in r.items() if k != "messages"} for r in rows]
 
 
+def test_trl_conversational_prompts_are_chats_under_the_prompt_key(tmp_path, tokenizer):
+    rows = [{"prompt": [user("say cat")], "answer": "cat"}]
+    prompt = load_prompts(DataConfig(prompts=write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, seed=0).prompts[0]
+    assert prompt.text == "<s><|user|>\nsay cat</s><|assistant|>\n" and prompt.columns == {"answer": "cat"}
+
+
 def test_a_chat_ending_with_an_assistant_turn_is_continued_as_a_prefill(tmp_path, tokenizer):
     rows = [{"messages": [user("say cat"), {"role": "assistant", "content": "cat cat"}]}]
     prompt = load_prompts(DataConfig(prompts=write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, seed=0).prompts[0]
@@ -150,7 +156,8 @@ def test_no_template_is_a_clear_error(tmp_path, bare_tokenizer):
         ({"messages": "say cat"}, ["line 1", "'messages' (data.messages_key) must be a non-empty list"]),
         ({"messages": []}, ["line 1", "must be a non-empty list"]),
         ({"messages": [{"role": "user"}]}, ["message 0", "string 'role' and a string 'content'"]),
-        ({"prompt": [user("hi")]}, ["'prompt' (data.prompt_key) holds a list", "data.messages_key=prompt"]),
+        ({"prompt": ["hi", "there"]}, ["message 0 of 'prompt' is 'hi'", "string 'role' and a string 'content'"]),
+        ({"conversations": [{"from": "human", "value": "hi"}]}, ["ShareGPT from/value messages", "convert each turn"]),
         ({"question": "hi"}, ["no column 'prompt' (data.prompt_key) or 'messages' (data.messages_key)",
                               "['question']", "set data.prompt_key"]),
     ],
