@@ -71,6 +71,9 @@ def session_dir(address: str | None, temp_dir: str | None, token: str | None = N
             f"no Ray session under {where}; run this on the head node "
             "after `ray start --head --metrics-export-port=8080`, or give --temp-dir as passed to `ray start`"
         )
+    told = _head_session_dir(address, token)  # the head's own answer holds any --temp-dir it started with
+    if told is not None and told.is_dir():
+        return told
     name = _session_name(address, token)
     for root in roots:
         if (root / name).is_dir():
@@ -79,6 +82,22 @@ def session_dir(address: str | None, temp_dir: str | None, token: str | None = N
         f"the head at {address} runs session {name}, which is not under {where} "
         "on this machine: run `rlhf-dist monitor` on the head node (give --temp-dir if `ray start` had one)"
     )
+
+
+def _head_session_dir(address: str, token: str | None) -> Path | None:
+    """The session directory the head node reports of itself (its dashboard's node summary), or None
+    when it says nothing usable."""
+    request = urllib.request.Request(f"{address.rstrip('/')}/nodes?view=summary", headers=auth_headers(token) or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            nodes = json.loads(reply.read()).get("data", {}).get("summary", [])
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    for node in nodes if isinstance(nodes, list) else []:
+        raylet = node.get("raylet", {}) if isinstance(node, dict) else {}
+        if raylet.get("isHeadNode") and raylet.get("sessionDir"):
+            return Path(raylet["sessionDir"])
+    return None
 
 
 def _session_name(address: str, token: str | None) -> str:

@@ -1,10 +1,12 @@
 """Submitting runs to a Ray cluster through the Ray Jobs API, and following them.
 
 `rlhf-dist submit train|sft|rm|dpo|demo` validates the config and what else it can here
-(launch/preflight.py), before anything reaches the cluster, and ships the project directory as the
-job's working_dir with the resolved YAML in an environment variable; the job runs `python -m launch
-KIND env:RLHF_DIST_CONFIG_YAML --run-dir RUN_DIR` (the demo takes no config), which joins the
-cluster through RAY_ADDRESS.
+(launch/preflight.py), before anything reaches the cluster, and ships the user's project (``--working-dir``,
+default the current directory, less `EXCLUDES` and ``--exclude``, at most `MAX_PROJECT_BYTES`) as the
+job's working_dir, rlhf-dist's own packages as py_modules (the code that checked the config runs it;
+the cluster's Python provides the dependencies), and the resolved YAML in an environment variable.
+The job runs `python -m launch KIND env:RLHF_DIST_CONFIG_YAML --run-dir RUN_DIR` (the demo takes no
+config; ``train --resume RUN_DIR`` takes the run's own), which joins the cluster through RAY_ADDRESS.
 
 Where the run writes: `--run-dir` (absolute), else `--storage ROOT`/NAME-TIME, else the cluster's
 ``$RLHF_DIST_STORAGE``/NAME-TIME (cluster.yaml sets it to its shared mount), else runs/NAME-TIME in
@@ -15,7 +17,10 @@ keeps it (or the expression the cluster resolves) for `status` and `logs`.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,9 +31,12 @@ from launch.storage import STORAGE_ENV
 from rlhf_dist.config import dump_config
 from rlhf_dist.errors import UserError
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+OUR_PACKAGES = [Path(__file__).resolve().parent.parent / name for name in ("rlhf_dist", "actors", "launch")]
 CONFIG_ENV = "RLHF_DIST_CONFIG_YAML"
-EXCLUDES = [".venv", ".git", "runs", "tests", "**/__pycache__", "*.egg-info"]
+EXCLUDES = [".git", ".venv", "venv", "runs", "wandb", "**/__pycache__", "*.egg-info", ".ipynb_checkpoints",
+            "node_modules", ".mypy_cache", ".pytest_cache"]
+MAX_PROJECT_BYTES = 100 * 2**20  # Ray's own limit is larger; past this, a stray model or dataset is the likely cause
+AGENT_WAIT_S, AGENT_RETRY_S = 60.0, 2.0  # right after `ray start`, the head may have no job agent yet
 KINDS = ("train", "sft", "rm", "dpo", "demo")
 RUN_DIR_LINE = "rlhf-dist run dir: "  # the job's first log line; `status` reads the resolved dir from it
 CLUSTER_DEFAULT = f"${{{STORAGE_ENV}:-$PWD/runs}}"  # resolved by the job's shell on the cluster
@@ -68,11 +76,19 @@ def choose_run_dir(name: str, run_dir: str | None = None, storage: str | None = 
 
 
 def job_spec(kind: str, cfg=None, *, run_dir: str | None = None, storage: str | None = None, python: str = "python",
-             recipe: str = "preference", small: bool = False, seed: int = 0) -> JobSpec:
+             recipe: str = "preference", small: bool = False, seed: int = 0, resume: str | None = None) -> JobSpec:
     """The job for ``rlhf-dist submit KIND``: ``cfg`` is a RunConfig (train) or StageConfig (sft, rm,
-    dpo); the demo takes ``recipe``, ``small`` and ``seed`` instead."""
+    dpo); the demo takes ``recipe``, ``small`` and ``seed`` instead; ``resume`` (train): the run dir,
+    on the cluster, of a run to continue with its own config."""
     if kind not in KINDS:
         raise UserError(f"cannot submit {kind!r}; submit one of: {', '.join(KINDS)}")
+    if resume is not None:
+        if not PurePosixPath(resume).is_absolute():
+            raise UserError(f"--resume {resume!r} must be the run's absolute directory on the cluster")
+        name = PurePosixPath(resume).name or "resume"
+        command = " ".join([shlex.quote(python), "-m", "launch", "train", '--resume "$RUN_DIR"', "--no-progress"])
+        entrypoint = f'RUN_DIR={shlex.quote(resume)}; echo "{RUN_DIR_LINE}$RUN_DIR"; exec {command}'
+        return JobSpec("train", name, resume, entrypoint, {})
     if kind == "demo":
         name, env_vars = f"demo-{recipe}", {}
         args = [recipe, *(["--small"] * small), *(["--seed", str(seed)] if seed else [])]
@@ -103,16 +119,66 @@ def job_client(address: str, token: str | None = None):
         ) from None
 
 
-def submit(spec: JobSpec, cfg, address: str, token: str | None = None) -> str:
-    """Check what can be checked here, then submit ``spec``; returns the job id."""
+def submit(spec: JobSpec, cfg, address: str, token: str | None = None, working_dir: str | Path = ".",
+           excludes: list[str] | None = None) -> str:
+    """Check what can be checked here against the project ``working_dir``, then submit ``spec`` with
+    it; returns the job id."""
+    project = Path(working_dir).expanduser().resolve()
+    if not project.is_dir():
+        raise UserError(f"--working-dir {str(working_dir)!r} is not a directory; give your project's folder")
+    skip = [*EXCLUDES, *(excludes or [])]
     if cfg is not None:  # before the cluster sees it
-        preflight_submit(cfg, PROJECT_DIR, [e for e in EXCLUDES if "*" not in e])
+        preflight_submit(cfg, project, [e for e in skip if "*" not in e])
+    project_size_check(project, skip)
     client = job_client(address, token)
-    return client.submit_job(
-        entrypoint=spec.entrypoint,
-        runtime_env={"working_dir": str(PROJECT_DIR), "excludes": EXCLUDES, "env_vars": spec.env_vars},
-        metadata=spec.metadata,
-    )
+    runtime_env = {"working_dir": str(project), "py_modules": [str(p) for p in OUR_PACKAGES], "excludes": skip,
+                   "env_vars": spec.env_vars}
+    deadline, said = time.monotonic() + AGENT_WAIT_S, False
+    while True:
+        try:
+            return client.submit_job(entrypoint=spec.entrypoint, runtime_env=runtime_env, metadata=spec.metadata)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"the head at {address} has no job agent yet (it is starting); retrying for up to "
+                      f"{AGENT_WAIT_S:.0f} s", file=sys.stderr)
+                said = True
+            time.sleep(AGENT_RETRY_S)
+
+
+def project_size_check(project: Path, excludes: list[str]) -> int:
+    """The bytes the job would upload from ``project``; refused past `MAX_PROJECT_BYTES`, naming the
+    largest entries and how to leave them out."""
+    sizes: dict[str, int] = {}
+    for root, dirs, files in os.walk(project):
+        rel_root = Path(root).relative_to(project)
+        dirs[:] = [d for d in dirs if not _excluded(rel_root / d, excludes)]
+        for name in files:
+            rel = rel_root / name
+            if _excluded(rel, excludes):
+                continue
+            try:
+                size = (Path(root) / name).stat().st_size
+            except OSError:
+                continue
+            sizes[rel.parts[0]] = sizes.get(rel.parts[0], 0) + size
+    total = sum(sizes.values())
+    if total > MAX_PROJECT_BYTES:
+        biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+        shown = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for name, size in biggest)
+        raise UserError(
+            f"the project {project} would upload {total / 2**20:.0f} MiB (limit {MAX_PROJECT_BYTES / 2**20:.0f} MiB); "
+            f"largest: {shown}. Put models and data on the cluster's shared storage and leave them out with "
+            f"--exclude NAME, or submit from a smaller --working-dir"
+        )
+    return total
+
+
+def _excluded(rel: Path, patterns: list[str]) -> bool:
+    text = rel.as_posix()
+    return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(rel.name, p.removeprefix("**/")) or text == p.strip("/")
+               for p in patterns)
 
 
 @dataclass(frozen=True)

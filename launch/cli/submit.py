@@ -14,19 +14,25 @@ from launch.cli.args import split_config_args
 from launch.jobs import KINDS, describe_run_dir, job_spec, submit
 from rlhf_dist.config import load_config
 from rlhf_dist.config.stages import StageConfig
+from rlhf_dist.errors import UserError
 
 SUBMIT_EXAMPLES = """examples:
   rlhf-dist submit train examples/tiny.yaml steps=50 --address http://127.0.0.1:8265
   rlhf-dist submit examples/tiny.yaml steps=50 --address ...     (no KIND: train)
   rlhf-dist submit sft sft.yaml data.path=/mnt/shared/data/demos.jsonl --run-dir /mnt/shared/rlhf-dist/sft-1
   rlhf-dist submit demo arithmetic --small
+  rlhf-dist submit train --resume /mnt/shared/rlhf-dist/run-20261207-101500   (continue a run there)
+what travels: the current directory (--working-dir), your reward modules and relative data paths
+included, less .git, .venv, runs/, caches and --exclude patterns (at most 100 MiB); rlhf-dist's own
+code travels with it, and the cluster's Python provides the dependencies (cluster.yaml installs them).
 where the run writes (on the cluster): --run-dir DIR, else --storage ROOT/NAME-TIME, else the cluster's
 $RLHF_DIST_STORAGE/NAME-TIME (cluster.yaml: /mnt/shared/rlhf-dist), else runs/NAME-TIME in the job's
 working directory (one-node clusters only). `rlhf-dist status JOB_ID` prints it.
 """
 
 
-_VALUED = ("--address", "--token", "--run-dir", "--storage", "--python", "--seed")
+_VALUED = ("--address", "--token", "--run-dir", "--storage", "--python", "--seed", "--working-dir", "--exclude")
+STATUS_EXIT = {"FAILED": 1, "STOPPED": 3}  # `status`: SUCCEEDED, RUNNING and PENDING exit 0
 
 
 def with_default_kind(argv: list[str]) -> list[str]:
@@ -64,6 +70,13 @@ def add_job_parsers(commands, address_args: Callable[[argparse.ArgumentParser], 
         else:
             job.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
                              help=f"the {kind} config, as for `rlhf-dist {kind}` (checked here first), then dotted overrides")
+        if kind == "train":
+            job.add_argument("--resume", default=None, metavar="RUN_DIR",
+                             help="continue the run in RUN_DIR (absolute, on the cluster) with its own config")
+        job.add_argument("--working-dir", default=".", metavar="DIR",
+                         help="your project, uploaded as the job's working directory (default: the current one)")
+        job.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                         help="leave files or folders matching PATTERN out of the upload (repeatable)")
         job.add_argument("--run-dir", default=None, metavar="DIR",
                          help="the run's directory on the cluster: an absolute path, on shared storage for several nodes")
         job.add_argument("--storage", default=None, metavar="ROOT",
@@ -80,13 +93,17 @@ def add_job_parsers(commands, address_args: Callable[[argparse.ArgumentParser], 
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    cfg = None
-    if args.kind != "demo":  # bad input fails here, before the cluster sees it
+    cfg, resume = None, getattr(args, "resume", None)
+    if resume is not None and (args.items or args.run_dir or args.storage):
+        raise UserError("submit train --resume RUN_DIR continues with RUN_DIR/config.yaml; drop the config, "
+                        "overrides, --run-dir and --storage")
+    if args.kind != "demo" and resume is None:  # bad input fails here, before the cluster sees it
         path, overrides = split_config_args(args.items)
         cfg = load_config(path, overrides, **({} if args.kind == "train" else {"schema": StageConfig}))
-    spec = job_spec(args.kind, cfg, run_dir=args.run_dir, storage=args.storage, python=args.python,
-                    **({"recipe": args.recipe, "small": args.small, "seed": args.seed} if args.kind == "demo" else {}))
-    job_id = submit(spec, cfg, args.address, args.token)
+    extra = {"recipe": args.recipe, "small": args.small, "seed": args.seed} if args.kind == "demo" else {}
+    spec = job_spec(args.kind, cfg, run_dir=args.run_dir, storage=args.storage, python=args.python, resume=resume,
+                    **extra)
+    job_id = submit(spec, cfg, args.address, args.token, args.working_dir, args.exclude)
     print(f"submitted job: {job_id}")
     print(f"run dir: {spec.run_dir if spec.run_dir.startswith('/') else describe_run_dir(spec.run_dir)}")
     print(f"dashboard: {args.address.rstrip('/')}/#/jobs/{job_id}")
@@ -100,6 +117,7 @@ def run_job(args: argparse.Namespace) -> int:
         print(state.status)  # alone on the first line, for scripts
         if state.run_dir:
             print(f"run {state.run}: run dir {state.run_dir}")
+        return STATUS_EXIT.get(state.status, 0)
     elif args.action == "logs":
         text, run_dir = jobs.logs(args.job_id, args.address, args.token)
         print(text, end="" if text.endswith("\n") or not text else "\n")

@@ -69,8 +69,8 @@ def monitored_run(tmp_path_factory):
     )
     assert start.returncode == 0, start.stderr[-2000:]
     monitor = subprocess.Popen(
-        [sys.executable, "-m", "launch", "monitor", "--address", address, "--temp-dir", temp,
-         "--prometheus-port", str(prom_port)],
+        # No --temp-dir: the head says where its session is, even under the --temp-dir it started with.
+        [sys.executable, "-m", "launch", "monitor", "--address", address, "--prometheus-port", str(prom_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     said = []
@@ -109,6 +109,7 @@ def monitored_run(tmp_path_factory):
 def test_monitor_installs_our_dashboard_beside_rays(monitored_run):
     said = monitored_run["said"]
     session = Path(re.search(r"^session: (.+)$", said, re.MULTILINE).group(1))
+    assert session.parent == Path(monitored_run["temp"]), "the session the head reported, under its --temp-dir"
     dashboards = session / "metrics" / "grafana" / "dashboards"
     assert json.loads((dashboards / grafana.FILENAME).read_text()) == grafana.dashboard()
     assert (dashboards / "default_grafana_dashboard.json").is_file(), "Ray's own dashboards stay"

@@ -11,26 +11,37 @@ from rlhf_dist.weight_sync.group import free_port
 BIN = Path(sys.executable).parent
 
 
-def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=300)
+def cli(*args, env, cwd=None):
+    return subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=cwd)
 
 
-def test_submit_runs_to_success_with_logs_and_metrics(ray_head):
+def test_submit_runs_the_users_project_to_success_with_logs_and_metrics(ray_head, tmp_path):
+    """Submitted from the user's folder: its reward module and its relative data path reach the job
+    (they exist nowhere else), with rlhf-dist's own code beside them."""
     address, env = ray_head["address"], ray_head["env"]
-    out = cli("submit", "train", "steps=3", "logging.samples_every=0", "--address", address, env=env)
+    (tmp_path / "proj_reward.py").write_text(
+        "def share_of_a(completions, **kwargs):\n"
+        "    return [sum(c == 'a' for c in t) / max(1, len(t.replace(' ', ''))) for t in completions]\n")
+    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "write letters: cat {i}"}}\n' for i in range(32)))
+    out = cli("submit", "train", "steps=3", "logging.samples_every=0", "data.prompts=prompts.jsonl",
+              "reward.components=[{type: python, path: 'proj_reward:share_of_a'}]", "--address", address,
+              env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     job_id = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("submitted job:"))
     assert f"{address}/#/jobs/{job_id}" in out.stdout
 
     deadline, state = time.time() + 600, ""
     while time.time() < deadline:
-        state = (cli("status", job_id, "--address", address, env=env).stdout.splitlines() or [""])[0]
+        status = cli("status", job_id, "--address", address, env=env)
+        state = (status.stdout.splitlines() or [""])[0]
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(3)
+    assert status.returncode == {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}.get(state, 0)
     logs = cli("logs", job_id, "--address", address, env=env).stdout
     assert state == "SUCCEEDED", logs[-3000:]
-    assert "gold reward" in logs and "outputs:" in logs
+    assert "gold reward" in logs and "outputs:" in logs and "share_of_a" in logs
     assert "step 3/3  reward" in logs, "the job's logs show one progress line per step"
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{ray_head['metrics']}/metrics", timeout=10).read().decode()

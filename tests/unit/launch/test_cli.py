@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -69,6 +70,7 @@ class FakeJobs:
 
 @pytest.fixture
 def jobs(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the user's project: what `submit` ships
     fake = FakeJobs()
     monkeypatch.setattr(launch.jobs, "job_client", lambda address, token=None: fake)
     printer = tmp_path / "python"  # stands for the cluster's `python`: prints the argv it was given
@@ -98,7 +100,8 @@ def test_submit_builds_the_job_of_every_configured_kind(kind, jobs, tmp_path, ca
     assert rc == 0, capsys.readouterr().err
     job = jobs.submitted[-1]
     assert job["metadata"] == {"rlhf_dist_run": "job1", "rlhf_dist_kind": kind, "rlhf_dist_run_dir": "/shared/my runs/job1"}
-    assert job["runtime_env"]["working_dir"] == str(launch.jobs.PROJECT_DIR)
+    assert job["runtime_env"]["working_dir"] == str(tmp_path)  # the user's project, not rlhf-dist's tree
+    assert [Path(p).name for p in job["runtime_env"]["py_modules"]] == ["rlhf_dist", "actors", "launch"]
     first, argv = run_entrypoint(job, tmp_path)
     assert first == "rlhf-dist run dir: /shared/my runs/job1"
     assert argv == ["-m", "launch", kind, "env:RLHF_DIST_CONFIG_YAML", *["--no-progress"] * (kind == "train"),
@@ -160,3 +163,59 @@ def test_submit_without_a_kind_submits_train_and_stages_need_data(jobs, capsys):
     jobs.submitted.clear()
     assert main(["submit", "rm", "--run-dir", "/r"]) == 2
     assert "a submitted stage needs data.path" in capsys.readouterr().err and not jobs.submitted
+
+
+@pytest.mark.parametrize("state, code", [("SUCCEEDED", 0), ("RUNNING", 0), ("PENDING", 0), ("FAILED", 1), ("STOPPED", 3)])
+def test_status_exit_code_follows_the_job(state, code, jobs, monkeypatch, capsys):
+    assert main(["submit", "train", "--run-dir", "/shared/r", "--python", jobs.python]) == 0
+    monkeypatch.setattr(jobs, "get_job_info", lambda job_id: SimpleNamespace(
+        status=SimpleNamespace(value=state), metadata=jobs.submitted[-1]["metadata"]))
+    assert main(["status", "raysubmit_fake"]) == code
+    assert capsys.readouterr().out.splitlines()[-2] == state
+
+
+def test_a_head_without_a_job_agent_yet_is_retried_with_a_line(jobs, monkeypatch, capsys):
+    answers = [RuntimeError("No available agent to submit job, please try again later.")] * 2
+    real = jobs.submit_job
+
+    def flaky(**job):
+        if answers:
+            raise answers.pop()
+        return real(**job)
+
+    monkeypatch.setattr(jobs, "submit_job", flaky)
+    monkeypatch.setattr(launch.jobs, "AGENT_RETRY_S", 0.01)
+    assert main(["submit", "train", "--run-dir", "/shared/r", "--python", jobs.python]) == 0
+    err = capsys.readouterr().err
+    assert err.count("has no job agent yet (it is starting); retrying for up to 60 s") == 1 and not answers
+
+
+def test_the_users_project_travels_checked_and_within_its_size(jobs, tmp_path, capsys):
+    (tmp_path / "my_reward.py").write_text("def score(prompts, responses):\n    return [0.0] * len(prompts)\n")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "say a"}\n' * 16)
+    ok = ["submit", "train", "reward.components=[{type: python, path: 'my_reward:score'}]", "data.prompts=prompts.jsonl",
+          "--run-dir", "/shared/r", "--python", jobs.python]
+    assert main(ok) == 0, capsys.readouterr().err
+    (tmp_path / "checkpoints").mkdir()
+    with open(tmp_path / "checkpoints" / "model.bin", "wb") as f:
+        f.truncate(150 * 2**20)  # sparse: 150 MiB that cost no disk
+    assert main(ok) == 2
+    err = capsys.readouterr().err
+    assert "would upload 150 MiB (limit 100 MiB); largest: checkpoints (150 MiB)" in err and "--exclude NAME" in err
+    assert main([*ok, "--exclude", "checkpoints"]) == 0
+    assert "checkpoints" in jobs.submitted[-1]["runtime_env"]["excludes"]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert main([*ok, "--working-dir", str(other)]) == 2  # the data is not in that project
+    assert f"data.prompts='prompts.jsonl': a relative path is read from the job's copy of {other}" in capsys.readouterr().err
+
+
+def test_submit_train_resume_continues_a_run_on_the_cluster(jobs, tmp_path, capsys):
+    assert main(["submit", "train", "--resume", "/shared/runs/r1", "--python", jobs.python]) == 0
+    job = jobs.submitted[-1]
+    assert job["runtime_env"]["env_vars"] == {} and job["metadata"]["rlhf_dist_run_dir"] == "/shared/runs/r1"
+    first, argv = run_entrypoint(job, tmp_path)
+    assert first == "rlhf-dist run dir: /shared/runs/r1"
+    assert argv == ["-m", "launch", "train", "--resume", "/shared/runs/r1", "--no-progress"]
+    assert main(["submit", "train", "--resume", "/shared/runs/r1", "steps=3"]) == 2
+    assert "continues with RUN_DIR/config.yaml" in capsys.readouterr().err
