@@ -8,7 +8,7 @@ from pathlib import Path
 
 from launch.cli.args import split_config_args
 from launch.cli.help_text import TRAIN_EXAMPLES
-from rlhf_dist.config import load_config
+from rlhf_dist.config import load_config, toy_settings_line
 from rlhf_dist.errors import UserError
 
 
@@ -70,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--from and --verify choose and check the checkpoint to continue from; add --resume RUN_DIR")
         path, overrides = split_config_args(args.items)
         cfg = load_config(path, overrides)
+        if path is None and (line := toy_settings_line(overrides)):
+            print(line)
         train(cfg, Path(args.run_dir) if args.run_dir else None, progress=progress, force=args.force)
     except (RunFailed, ActorFailed) as exc:
         if args.debug:

@@ -7,6 +7,7 @@ from rlhf_dist.config.load import (
     dump_defaults,
     load_config,
     parse_override,
+    toy_settings_line,
 )
 from rlhf_dist.config.schema import RunConfig, TinyModelConfig
 from rlhf_dist.config.validate import validate_config
@@ -20,5 +21,6 @@ __all__ = [
     "dump_defaults",
     "load_config",
     "parse_override",
+    "toy_settings_line",
     "validate_config",
 ]

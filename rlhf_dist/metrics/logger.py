@@ -258,11 +258,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+_NOT_COMPONENTS = {"reward/mean", "reward/std", "reward/gold_mean", "reward/zero_spread_frac"}
+
+
 def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     """A plain-text end-of-run report from :func:`read_metrics` records.
 
-    First vs last ``window`` logged steps of the gold reward (``reward/gold_mean``, else
-    ``reward/mean``) with their ratio, and of ``kl/mean`` (on a short run the window shrinks to half
+    First vs last ``window`` logged steps of the reward trained on (``reward/mean``) and each of its
+    components, of the gold reward (``reward/gold_mean``, only when the run has one) with their
+    ratios, and of ``kl/mean`` (on a short run the window shrinks to half
     the steps, at least 1, so the two never overlap); then the maximum
     ``rollout/logprob_abs_diff``, the mean ``throughput/tokens_per_s`` and the mean seconds of
     every ``timing/<phase>``.
@@ -274,16 +278,19 @@ def summary_table(records: list[dict[str, Any]], window: int = 5) -> str:
     records = [r for r in records if any(not k.startswith("eval/") and k != "step" for k in r)] or records
     steps = [r["step"] for r in records]
     window = max(1, min(window, len(records) // 2))
-    gold_key = "reward/gold_mean" if _values(records, "reward/gold_mean") else "reward/mean"
+    # The reward trained on and each of its components, always; the gold score only where there is one.
+    components = sorted({k for r in records for k in r if k.startswith("reward/")} - _NOT_COMPONENTS)
+    rows_of = [("reward", "reward/mean"), *((f"  {k.removeprefix('reward/')}", k) for k in components)]
+    rows_of += [("gold reward", "reward/gold_mean"), ("kl", "kl/mean")]
     trend_rows = []
-    for label, key in (("gold reward" if gold_key == "reward/gold_mean" else "reward", gold_key), ("kl", "kl/mean")):
+    for label, key in rows_of:
         values = _values(records, key)
         if not values:
             continue
         first, last = _mean(values[:window]), _mean(values[-window:])
         assert first is not None and last is not None
         change = f"{last - first:+.3f}"
-        if key == gold_key and first > 0:
+        if key in ("reward/mean", "reward/gold_mean") and first > 0:
             change = f"{last / first:.1f}x ({change})"
         trend_rows.append([f"{label} ({key})", _fmt(first), _fmt(last), change])
 
