@@ -33,6 +33,7 @@ from rlhf_dist.planning.machine_checks import (
     python_binding_problem,
     python_function_problem,
     remote_reward_problem,
+    vocab_problem,
 )
 from rlhf_dist.planning.memory_plan import MemoryPlanError, plan_memory, refusal
 from rlhf_dist.planning.placement import plan_placement
@@ -53,6 +54,8 @@ def preflight_train(cfg: RunConfig, force: bool = False) -> None:
         _warn(oversubscription_warning(required_cpus(cfg), cfg.learner.num_workers, _cores(), "placement.*.num_cpus x workers"))
     problems += model_problems(_models(cfg))
     problems += [p for url, key in _remote_rewards(cfg) if (p := remote_reward_problem(url, key))]
+    if not problems:  # the directories are sound: their sizes can be compared
+        problems += _vocab_problems(cfg.model)
     _raise(problems)
     reward_binding_check(cfg)
     if _local():
@@ -124,6 +127,8 @@ def preflight_stage(kind: str, cfg: StageConfig, has_rows: bool = False) -> None
         n = cfg.learner.num_workers
         _warn(oversubscription_warning(0.5 * n, n, _cores(), "0.5 per learner rank"))
     problems += model_problems(_policy_models(cfg.model, kind="causal" if kind != "rm" else None))
+    if not problems:
+        problems += _vocab_problems(cfg.model)
     _raise(problems)
 
 
@@ -196,6 +201,14 @@ def _builtin_problem(source: str) -> str | None:
     except UserError as exc:
         return str(exc)
     return None
+
+
+def _vocab_problems(model: ModelConfig) -> list[str]:
+    if model.path is None:  # the tiny model is built to its own tokenizer
+        return []
+    tokenizer, setting = (model.tokenizer, "model.tokenizer") if model.tokenizer else (model.path, "model.path's tokenizer")
+    problem = vocab_problem("model.path", model.path, setting, tokenizer)
+    return [problem] if problem else []
 
 
 def _policy_models(model: ModelConfig, kind: str | None = "causal") -> list[ModelRef]:

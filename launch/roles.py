@@ -80,11 +80,17 @@ def _init_ray(**options) -> None:
 
 
 def stop_roles(roles: Roles | None, shutdown: bool) -> None:
-    """Kill the run's actors (their names free up for the next run) and Ray if we started it."""
-    if roles is not None:
-        release(roles.all(), roles.placement_groups)
-    if shutdown:
-        ray.shutdown()
+    """Kill the run's actors (their names free up for the next run) and Ray if we started it. A
+    second Ctrl-C or SIGTERM while this runs does not cut it short: the line that says where the
+    run stopped, and how to resume it, must still come."""
+    try:
+        if roles is not None:
+            release(roles.all(), roles.placement_groups)
+        if shutdown:
+            ray.shutdown()
+    except KeyboardInterrupt:
+        if shutdown:
+            ray.shutdown()
 
 
 def release(actors: list[Any], groups: list[PlacementGroup]) -> None:

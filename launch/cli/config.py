@@ -6,6 +6,7 @@ import argparse
 
 from launch.cli.args import split_config_args
 from rlhf_dist.config import dump_config, dump_defaults, load_config
+from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.errors import UserError
 
 
@@ -23,7 +24,11 @@ def add_config_parser(commands: argparse._SubParsersAction) -> None:
     )
     show.add_argument(
         "--defaults", action="store_true",
-        help="print every field of a train config at its schema default, under its description (no FILE or overrides)",
+        help="print every field at its schema default, under its description (no FILE or overrides)",
+    )
+    show.add_argument(
+        "--for", dest="command", default="train", choices=("train", "sft", "rm", "dpo"),
+        help="the command whose config to show (default: train; the stages share one schema)",
     )
     show.set_defaults(handler=_config_show)
 
@@ -35,8 +40,12 @@ def _config_show(args: argparse.Namespace) -> int:
                 f"--defaults prints the schema's defaults alone; drop {' '.join(args.items)!r} "
                 "(or drop --defaults to see a resolved config)"
             )
-        print(dump_defaults(), end="")
+        if args.command == "train":
+            print(dump_defaults(), end="")
+        else:
+            print(dump_defaults(StageConfig, f"rlhf-dist {args.command}"), end="")
         return 0
     path, overrides = split_config_args(args.items)
-    print(dump_config(load_config(path, overrides)), end="")
+    schema = {} if args.command == "train" else {"schema": StageConfig}
+    print(dump_config(load_config(path, overrides, **schema)), end="")
     return 0

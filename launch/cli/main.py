@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,13 @@ from launch.cli.train import add_train_parser
 from rlhf_dist.errors import UserError
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush finds no closed pipe either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, verbose = "--debug" in argv, "--verbose" in argv
@@ -36,11 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"rlhf-dist: error: {unknown}", file=sys.stderr)
         return EXIT_USER_ERROR
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides after a flag (`train cfg.yaml steps=5 --run-dir R lr=1e-5`) belong with the ones before it.
+    if extra and hasattr(args, "items") and all("=" in e and not e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]
+    elif extra:
+        parser.parse_args(argv)  # argparse's own error ("unrecognized arguments: ..."), exit 2
     args.debug = debug
     console.begin(verbose)  # signals, and library logs off the terminal (RUN_DIR/logs/) unless --verbose
     try:
         return args.handler(args) or 0
+    except BrokenPipeError:  # `rlhf-dist status JOB | head -1`: the reader left; end quietly
+        _silence_stdout()
+        return 0
     except console.RunStopped as exc:  # SIGINT/SIGTERM during a run: where it stopped, how to go on
         print(exc, file=sys.stderr)
         return exc.exit_code

@@ -218,7 +218,10 @@ def dump_defaults(schema: type[BaseModel] = RunConfig, command: str = "rlhf-dist
     """
     lines: list[str] = []
     _commented_fields(schema(), 0, lines)
-    return DEFAULTS_HEADER.format(command=command) + "\n".join(lines) + "\n"
+    header = DEFAULTS_HEADER.format(command=command)
+    if schema is not RunConfig:  # the stages have no embedded default run
+        header = "".join(line for line in header.splitlines(keepends=True) if "embedded default" not in line)
+    return header + "\n".join(lines) + "\n"
 
 
 def _commented_fields(model: BaseModel, depth: int, lines: list[str]) -> None:
@@ -327,6 +330,14 @@ def _describe(err: dict[str, Any], raw: dict[str, Any], root: type[BaseModel] = 
     shown = _lookup(raw, path)
     if err["type"] == "finite_number":
         return f"{dotted}: got {shown!r}; NaN and inf are not allowed in a config, give a finite number"
+    if isinstance(shown, bool) and err["type"] == "string_type":
+        return (f"{dotted}: got the boolean {str(shown).lower()}: YAML reads yes/no/on/off/true/false unquoted as "
+                f"booleans; quote the value to keep it a string, e.g. {path[-1]}: 'yes'")
+    if dotted == "reward.components" and isinstance(shown, str):
+        return (f"reward.components: got {shown!r}; it is a list of components, e.g. "
+                f"reward.components=[{{type: python, path: '{shown}'}}]" if ":" in shown else
+                f"reward.components: got {shown!r}; it is a list of components, e.g. "
+                f"reward.components=[{{type: rule, name: {shown}}}]")
     return f"{dotted}: got {shown!r}; {_lowercase_first(err['msg'])}"
 
 

@@ -115,7 +115,11 @@ class Driver:
             stopping = self.stop_requested  # SIGTERM: this step is done; checkpoint and stop
             if self.checkpoint_due(step + 1) or (stopping and self.cfg.checkpoint.on_sigterm and self.run_dir):
                 started = time.perf_counter()
-                path = self.save_checkpoint(step + 1)
+                try:
+                    path = self.save_checkpoint(step + 1)
+                except (OSError, RuntimeError) as exc:  # a full disk, a lost mount: say what is safe and go on from it
+                    raise RunFailed(f"writing the checkpoint of step {step + 1} failed ({type(exc).__name__}: {exc}); "
+                                    f"it is incomplete and will not be resumed from. {self.resume_hint()}") from exc
                 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 self.metrics.note(f"checkpoint {path} ({size / 1e6:.1f} MB, {time.perf_counter() - started:.2f} s)")
             if stopping:

@@ -170,6 +170,31 @@ def _ask_hub(name: str, answers: dict[str, str | None]) -> None:
         answers[name] = _first_line(exc) or type(exc).__name__
 
 
+def vocab_problem(model_setting: str, model_path: str, tokenizer_setting: str, tokenizer_path: str) -> str | None:
+    """A tokenizer with more tokens than the model embeds: its highest ids would index past the
+    embedding. Both must be local directories; None when they agree or cannot be read here."""
+    if not (looks_local(model_path) and looks_local(tokenizer_path)):
+        return None
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    embedded = config.get("vocab_size")
+    if not isinstance(embedded, int):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokens = len(AutoTokenizer.from_pretrained(tokenizer_path))
+    except Exception:  # an unreadable tokenizer is named by the directory checks or at load
+        return None
+    if tokens <= embedded:
+        return None
+    return (f"{tokenizer_setting} {tokenizer_path!r} has {tokens} tokens, but {model_setting} {model_path!r} embeds only "
+            f"{embedded} (config.json vocab_size); use the model's own tokenizer, or resize the model's embeddings "
+            "(model.resize_token_embeddings) and save it")
+
+
 # -- Python reward functions ---------------------------------------------------------------------
 
 

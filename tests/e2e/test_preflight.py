@@ -288,3 +288,15 @@ def test_an_unreachable_remote_reward_is_refused_before_ray(tmp_path):
     err = refused(tmp_path, "train", "--run-dir", "run", f"reward.components=[{{type: remote, url: 'http://127.0.0.1:{port}/score'}}]")
     assert (f"reward.components.0.url='http://127.0.0.1:{port}/score' cannot be reached (Connection refused from "
             f"127.0.0.1:{port} within 3 s); start the reward server, or fix the URL") in err
+
+
+def test_a_tokenizer_larger_than_the_models_embedding_is_refused_with_both_sizes(tiny_model, tmp_path):
+    import shutil
+
+    small = tmp_path / "small-vocab"
+    shutil.copytree(tiny_model.policy, small)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    err = refused(tmp_path, "train", "--run-dir", "run", "model.path=small-vocab")
+    assert ("model.path's tokenizer 'small-vocab' has 512 tokens, but model.path 'small-vocab' embeds only 100 "
+            "(config.json vocab_size)") in err

@@ -64,3 +64,25 @@ def test_each_step_syncs_a_new_policy_version(tmp_path):
     records = [driver.step(step) for step in range(3)]
     assert [r["policy_version"] for r in records] == [0, 1, 2]
     assert driver.policy_version == 3
+
+
+def test_a_failed_checkpoint_write_names_the_last_complete_one_and_the_resume_command(tmp_path):
+    from rlhf_dist.driver.remote_calls import RunFailed
+
+    driver = make_driver(["steps=3", "checkpoint.every=1"], [], tmp_path)
+    driver.run_dir = tmp_path / "run"
+
+    def save(steps_done):
+        if steps_done == 2:
+            raise OSError(28, "No space left on device")
+        path = driver.run_dir / "checkpoints" / f"step-{steps_done}"
+        path.mkdir(parents=True)
+        return path
+
+    driver.save_checkpoint = save
+    with pytest.raises(RunFailed) as info:
+        driver.run_steps(0)
+    assert str(info.value) == (
+        "writing the checkpoint of step 2 failed (OSError: [Errno 28] No space left on device); it is incomplete and "
+        f"will not be resumed from. The last complete checkpoint is {driver.run_dir}/checkpoints/step-1; continue "
+        f"with: rlhf-dist train --resume {driver.run_dir}")

@@ -46,6 +46,15 @@ def test_all_linear_gains_the_output_head_which_peft_leaves_out():
     assert lora_targets(_llama(), LoraConfig(), "SEQ_CLS") == "all-linear"
 
 
+def test_a_target_module_that_matches_nothing_is_an_error_even_beside_ones_that_match():
+    from rlhf_dist.errors import UserError
+
+    with pytest.raises(UserError, match=r"learner.lora.target_modules: 'q_projj' match\(es\) no module of the model; its "
+                                        r"linear layers are named down_proj, gate_proj, .*lm_head"):
+        with_lora(_llama(), LoraConfig(enabled=True, r=4, target_modules=["q_proj", "q_projj"]), "CAUSAL_LM")
+    assert with_lora(_llama(), LoraConfig(enabled=True, r=4, target_modules=["q_proj", "layers.0.mlp.up_proj"]), "CAUSAL_LM")
+
+
 def test_adapter_entries_are_the_trained_factors_under_peft_saved_names():
     from peft import get_peft_model_state_dict
 
