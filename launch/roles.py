@@ -79,6 +79,18 @@ def _init_ray(**options) -> None:
                                 f"{reason}); is its head running (`ray status`)? Or unset RAY_ADDRESS") from exc
 
 
+def local_ray_stopped() -> list[str]:
+    """The processes of the local Ray this process started that are gone (`ray stop` from another
+    shell, or killed); empty while it lives, or when this process joined a cluster instead."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return []
+    try:
+        return sorted({name for name, _ in node.dead_processes()})
+    except Exception:  # Ray's internals moved: say nothing rather than guess
+        return []
+
+
 def stop_roles(roles: Roles | None, shutdown: bool) -> None:
     """Kill the run's actors (their names free up for the next run) and Ray if we started it. A
     second Ctrl-C or SIGTERM while this runs does not cut it short: the line that says where the

@@ -12,7 +12,7 @@ from pathlib import Path
 from launch import console
 from launch.cluster import live_nodes, with_gpu_memory
 from launch.preflight import memory_check, preflight_train, reward_binding_check
-from launch.roles import build_roles, start_ray, stop_roles
+from launch.roles import build_roles, local_ray_stopped, start_ray, stop_roles
 from launch.storage import check_shared_run_dir
 from rlhf_dist.checkpoints.files import checkpoint_dirs
 from rlhf_dist.checkpoints.run_dir import abandon_newer, claim_run_dir, resume_checkpoint
@@ -22,7 +22,7 @@ from rlhf_dist.config.schema import ModelConfig
 from rlhf_dist.data import load_prompts
 from rlhf_dist.driver.evaluation import split_holdout
 from rlhf_dist.driver.loop import Driver
-from rlhf_dist.driver.remote_calls import gather
+from rlhf_dist.driver.remote_calls import RunFailed, gather
 from rlhf_dist.errors import UserError
 from rlhf_dist.metrics.logger import MetricsError, MetricsLogger, read_metrics, summary_table
 from rlhf_dist.metrics.plots import write_run_curves
@@ -153,6 +153,15 @@ def train(
                 gather(saves, "learner (save)")
         except KeyboardInterrupt:  # SIGINT, or SIGTERM (console turns both into this)
             raise console.RunStopped(stopped_line(cfg, run_dir), console.exit_code()) from None
+        except Exception as exc:
+            gone = local_ray_stopped() if started_ray else []
+            if not gone:
+                raise
+            raise RunFailed(
+                f"the local Ray this run started was stopped from outside (`ray stop`, or its processes were "
+                f"killed: {', '.join(gone)} gone), so its actors died with it; rlhf-dist itself did not fail. "
+                + resume_line(run_dir)
+            ) from exc
         finally:
             stop_roles(roles, started_ray)
     records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
@@ -161,6 +170,14 @@ def train(
     write_run_curves(run_dir, records)  # RUN_DIR/curves.png; a drawing problem is a warning, never a failed run
     print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
     return RunResult(run_dir, records, final_dir)
+
+
+def resume_line(run_dir: Path) -> str:
+    """The last complete checkpoint and the command that continues from it, or that there is none."""
+    done = checkpoint_dirs(run_dir)
+    if not done:
+        return "No checkpoint was written yet, so there is nothing to resume: start a new run."
+    return f"The last complete checkpoint is {done[-1]}; continue with: rlhf-dist train --resume {run_dir}"
 
 
 def stopped_line(cfg: RunConfig, run_dir: Path) -> str:

@@ -192,3 +192,31 @@ def test_a_raising_reward_function_is_one_clear_line_not_a_worker_traceback(tmp_
     assert last.startswith("rlhf-dist: run failed: reward scorer failed:")
     assert "'picky' (user_reward:picky)" in last and "ValueError: cannot score" in last
     assert "Traceback" not in out.stderr.split("rlhf-dist: run failed")[-1]
+
+
+def test_a_local_ray_stopped_from_outside_is_named_as_such(tmp_path):
+    """`ray stop` from another shell, imitated for this run's Ray only (its GCS and raylet, found
+    among the run's own child processes, killed as `ray stop --force` would): the run says its Ray
+    was stopped from outside, with the resume line, not Ray's logs."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch", "train", "steps=8", "checkpoint.every=1", "--run-dir", str(run_dir),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: 1 in _logged_steps(run_dir) or proc.poll() is not None, what="step 1")
+        assert proc.poll() is None
+        ray_core = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                    if any(name in " ".join(p.cmdline()) for name in ("gcs_server", "raylet"))]
+        assert ray_core, "the run's own Ray processes"
+        for p in ray_core:
+            p.kill()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rlhf-dist: run failed: the local Ray this run started was stopped from outside"), err[-3000:]
+    assert f"continue with: rlhf-dist train --resume {run_dir}" in last
