@@ -157,6 +157,7 @@ def train(
             gone = local_ray_stopped() if started_ray else []
             if not gone:
                 raise
+            roles = None  # nothing left to kill: asking a dead cluster would only wait on its timeouts
             raise RunFailed(
                 f"the local Ray this run started was stopped from outside (`ray stop`, or its processes were "
                 f"killed: {', '.join(gone)} gone), so its actors died with it; rlhf-dist itself did not fail. "
