@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -89,6 +91,29 @@ def local_ray_stopped() -> list[str]:
         return sorted({name for name, _ in node.dead_processes()})
     except Exception:  # Ray's internals moved: say nothing rather than guess
         return []
+
+
+class LocalRayWatch:
+    """Watches the local Ray this process started, once a second, from a daemon thread: when its
+    processes are gone (`ray stop` from another shell), ``on_gone(names)`` runs at once. Ray's own
+    reaction is to abort the process after a minute without its GCS, with a C++ log line; this says
+    what happened first."""
+
+    def __init__(self, on_gone: Callable[[list[str]], None], every_s: float = 1.0):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(on_gone, every_s), name="local-ray-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self, on_gone: Callable[[list[str]], None], every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            gone = local_ray_stopped()
+            if gone and not self._stop.is_set():
+                on_gone(gone)
+                return
+
+    def stop(self) -> None:
+        """Stop watching (before our own shutdown stops those processes)."""
+        self._stop.set()
 
 
 def stop_roles(roles: Roles | None, shutdown: bool) -> None:

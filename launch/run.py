@@ -12,7 +12,7 @@ from pathlib import Path
 from launch import console
 from launch.cluster import live_nodes, with_gpu_memory
 from launch.preflight import memory_check, preflight_train, reward_binding_check
-from launch.roles import build_roles, local_ray_stopped, start_ray, stop_roles
+from launch.roles import LocalRayWatch, build_roles, local_ray_stopped, start_ray, stop_roles
 from launch.storage import check_shared_run_dir
 from rlhf_dist.checkpoints.files import checkpoint_dirs
 from rlhf_dist.checkpoints.run_dir import abandon_newer, claim_run_dir, resume_checkpoint
@@ -120,9 +120,11 @@ def train(
     made += [f"{len(eval_prompts)} eval prompts"] * bool(eval_prompts)
     console.say(f"prepared {run_dir}: {', '.join(made)}" + (f" ({console.seconds(took)})" if took is not None else ""))
     with console.logs_to(run_dir):
-        started_ray, roles = False, None
+        started_ray, roles, watch = False, None, None
         try:
             started_ray = start_ray(cfg)
+            if started_ray:
+                watch = LocalRayWatch(lambda gone: _ray_stopped_exit(gone, run_dir))
             check_shared_run_dir(run_dir)  # several nodes: every one must see the run dir
             if os.environ.get("RAY_ADDRESS"):  # a cluster: its GPUs' memory is known only now
 
@@ -158,12 +160,10 @@ def train(
             if not gone:
                 raise
             roles = None  # nothing left to kill: asking a dead cluster would only wait on its timeouts
-            raise RunFailed(
-                f"the local Ray this run started was stopped from outside (`ray stop`, or its processes were "
-                f"killed: {', '.join(gone)} gone), so its actors died with it; rlhf-dist itself did not fail. "
-                + resume_line(run_dir)
-            ) from exc
+            raise RunFailed(ray_stopped_message(gone, run_dir)) from exc
         finally:
+            if watch is not None:
+                watch.stop()
             stop_roles(roles, started_ray)
     records = read_metrics(run_dir / "metrics.jsonl")  # a resumed run: all steps, the latest line of each
     print(summary_table(records))
@@ -171,6 +171,20 @@ def train(
     write_run_curves(run_dir, records)  # RUN_DIR/curves.png; a drawing problem is a warning, never a failed run
     print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
     return RunResult(run_dir, records, final_dir)
+
+
+def ray_stopped_message(gone: list[str], run_dir: Path) -> str:
+    return (f"the local Ray this run started was stopped from outside (`ray stop`, or its processes were killed: "
+            f"{', '.join(gone)} gone), so its actors died with it; rlhf-dist itself did not fail. "
+            + resume_line(run_dir))
+
+
+def _ray_stopped_exit(gone: list[str], run_dir: Path) -> None:
+    """From the watch thread: the run cannot go on without its Ray, and Ray would abort this process
+    in a minute with a C++ line; say what happened and exit now (the run-dir lock goes with us)."""
+    console.say(f"{console.PREFIX}: run failed: {ray_stopped_message(gone, run_dir)}", err=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def resume_line(run_dir: Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from launch.cli.args import split_config_args
 from launch.cli.help_text import TRAIN_EXAMPLES
+from rlhf_dist.checkpoints.run_lock import refuse_if_in_use
 from rlhf_dist.config import load_config, toy_settings_line
 from rlhf_dist.errors import UserError
 
@@ -58,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
             run_dir = args.resume or args.run_dir
             if not run_dir:
                 raise UserError("--resume needs the run directory: --resume RUN_DIR")
+            refuse_if_in_use(Path(run_dir), "--resume")  # before reading it: the run there may be starting
             if args.items:
                 raise UserError(
                     f"--resume continues with RUN_DIR/config.yaml; drop {' '.join(args.items)!r} "

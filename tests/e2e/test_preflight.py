@@ -168,13 +168,13 @@ def test_config_files_that_are_not_yaml_text(user_files):
 
 
 def test_submit_checks_what_it_can_before_the_cluster(user_files):
-    """Relative paths are read from the uploaded project directory: one missing there fails here,
-    before the (unreachable) cluster is asked anything."""
+    """Relative paths are read from the uploaded project (the user's folder, where submit runs): one
+    missing there fails here, before the (unreachable) cluster is asked anything."""
     address = f"http://127.0.0.1:{closed_port()}"
     err = refused(user_files, "submit", "train", "data.prompts=my-prompts.jsonl", "--address", address)
-    assert f"data.prompts='my-prompts.jsonl': a relative path is read from the job's copy of {REPO}" in err
+    assert f"data.prompts='my-prompts.jsonl': a relative path is read from the job's copy of {user_files}" in err
     err = refused(user_files, "submit", "sft", "data.path=my-demos.jsonl", "--address", address)
-    assert f"data.path='my-demos.jsonl': a relative path is read from the job's copy of {REPO}" in err
+    assert f"data.path='my-demos.jsonl': a relative path is read from the job's copy of {user_files}" in err
     assert "cannot reach" not in err
 
 

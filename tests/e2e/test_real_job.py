@@ -34,7 +34,7 @@ def trl_style(completions, secret, **kwargs):
     record = {"completions": completions, "secret": secret, "prompts": kwargs["prompts"],
               "ids": kwargs["completion_ids"], "step": kwargs["trainer_state"].global_step}
     with open(os.environ["TRL_STYLE_LOG"], "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record) + "\\n")
     return [0.0] * len(completions)
 '''
 
