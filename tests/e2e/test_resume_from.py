@@ -29,7 +29,8 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def test_a_corrupt_checkpoint_is_refused_and_from_continues_from_the_previous_good_one(tmp_path):
     run_dir = tmp_path / "run"
-    out = rlhf_dist("train", "steps=4", "checkpoint.every=2", "logging.tensorboard=false", "checkpoint.save_final=false",
+    out = rlhf_dist("train", "steps=4", "checkpoint.every=2", "rollout.engine=hf", "logging.tensorboard=false",
+                    "checkpoint.save_final=false",
                     "--run-dir", str(run_dir), "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
     assert [c.name for c in checkpoint_dirs(run_dir)] == ["step-000002", "step-000004"]

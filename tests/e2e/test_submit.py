@@ -47,7 +47,7 @@ def test_submit_runs_the_users_project_to_success_with_logs_and_metrics(ray_head
     assert "step 3/3  reward" in logs, "the job's logs show one progress line per step"
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{ray_head['metrics']}/metrics", timeout=10).read().decode()
-    for name in ("rlhf_reward_mean", "rlhf_reward_gold_mean", "rlhf_kl_mean", "rlhf_rollout_logprob_abs_diff",
+    for name in ("rlhf_reward_mean", "rlhf_reward_share_of_a", "rlhf_kl_mean", "rlhf_rollout_logprob_abs_diff",
                  "rlhf_policy_version", "rlhf_timing_generate", "rlhf_throughput_tokens_per_s", "rlhf_sync_seconds"):
         assert f"ray_{name}{{" in body, f"{name} missing from the head's metrics endpoint"
 
