@@ -95,14 +95,7 @@ def train(
     ``resume_from`` (``step-N`` or a checkpoint directory), checked against its manifest (every
     file's hash with ``verify``). ``force`` starts a run whose memory plan does not fit."""
     preflight_train(cfg, force)  # user errors in seconds, before the run dir, a tiny model or Ray
-    checkpoint = None
-    if resume:
-        refuse_if_in_use(run_dir, "--resume")
-        checkpoint = resume_checkpoint(run_dir, resume_from, verify)
-        lock_run_dir(run_dir, "--resume")
-        console.say(f"resuming {run_dir} from {checkpoint.name}")
-    else:
-        run_dir = prepare_run_dir(run_dir or default_run_dir(cfg))
+    run_dir, checkpoint = _claim(cfg, run_dir, resume, resume_from, verify)
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir, resume)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
@@ -113,8 +106,6 @@ def train(
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     elif resume_from is not None:  # the newer checkpoints leave the resume line (moved, not deleted)
         abandon_newer(run_dir, checkpoint)
-
-
     took = console.since_begin()  # checks, the tiny model, the tokenizer and the prompts, since the command began
     made = ["tiny model"] * (cfg.model.path is None) + [f"{len(train_prompts)} training prompts"]
     made += [f"{len(eval_prompts)} eval prompts"] * bool(eval_prompts)
@@ -171,6 +162,18 @@ def train(
     write_run_curves(run_dir, records)  # RUN_DIR/curves.png; a drawing problem is a warning, never a failed run
     print(console.outputs_line(run_dir, {"final/": "the trained policy in Hugging Face format"}))
     return RunResult(run_dir, records, final_dir)
+
+
+def _claim(cfg: RunConfig, run_dir: Path | None, resume: bool, resume_from: str | None,
+           verify: bool) -> tuple[Path, Path | None]:
+    """The run dir, locked for this run, and the checkpoint a resume continues from (None: a new run)."""
+    if not resume:
+        return prepare_run_dir(run_dir or default_run_dir(cfg)), None
+    refuse_if_in_use(run_dir, "--resume")
+    checkpoint = resume_checkpoint(run_dir, resume_from, verify)
+    lock_run_dir(run_dir, "--resume")
+    console.say(f"resuming {run_dir} from {checkpoint.name}")
+    return run_dir, checkpoint
 
 
 def ray_stopped_message(gone: list[str], run_dir: Path) -> str:

@@ -7,9 +7,9 @@ from rlhf_dist.config.load import (
     dump_defaults,
     load_config,
     parse_override,
-    toy_settings_line,
 )
 from rlhf_dist.config.schema import RunConfig, TinyModelConfig
+from rlhf_dist.config.toy import toy_settings_line
 from rlhf_dist.config.validate import validate_config
 
 __all__ = [

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from rlhf_dist.config.schema import RunConfig
 from rlhf_dist.config.stages import StageConfig, validate_stage_config
+from rlhf_dist.config.toy import toy_gold_goes
 from rlhf_dist.config.validate import validate_config
 from rlhf_dist.errors import UserError
 
@@ -57,7 +58,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    if path is None and schema is RunConfig and _toy_gold_goes(overrides):
+    if path is None and schema is RunConfig and toy_gold_goes(overrides):
         raw.setdefault("reward", {})["gold"] = None  # the toy's gold scores the toy's task: it goes with its reward
     try:
         config = schema.model_validate(raw)
@@ -68,45 +69,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), s
     if problems:
         raise ConfigError(problems, source)
     return config
-
-
-def toy_settings_line(overrides: Sequence[str]) -> str | None:
-    """With the embedded default run, a user who brings a model, prompts or a reward learns on one
-    line which of the toy's settings stayed (and that its gold went with its reward). None when the
-    run is the toy itself, or none of its settings stayed."""
-    touched = _touched(overrides)
-    if not touched & {"model", "data.prompts", "reward"}:
-        return None
-    kept = []
-    if "data.prompts" not in touched:
-        kept.append("data.prompts=builtin:letters ('write letters: ...' prompts)")
-    if "reward" not in touched:
-        kept.append("reward.components=[letters] and reward.gold=letters (the share of 'a' characters)")
-    notes = [f"kept the toy's {' and '.join(kept)}; override them for your task"] if kept else []
-    if _toy_gold_goes(overrides):
-        notes.append("the toy's reward.gold=letters went with its reward (set reward.gold to score a gold reward)")
-    return "note: the embedded default run: " + "; ".join(notes) if notes else None
-
-
-def _touched(overrides: Sequence[str]) -> set[str]:
-    """Which of model, data.prompts and reward (and reward.gold) the overrides set."""
-    keys = [parse_override(item)[0] for item in overrides]
-    out = set()
-    for key in keys:
-        if key == "model" or key.startswith("model.path") or key.startswith("model.tokenizer"):
-            out.add("model")
-        if key in ("data", "data.prompts"):
-            out.add("data.prompts")
-        if key == "reward" or key.startswith("reward.components"):
-            out.add("reward")
-        if key.startswith("reward.gold"):
-            out.add("reward.gold")
-    return out
-
-
-def _toy_gold_goes(overrides: Sequence[str]) -> bool:
-    touched = _touched(overrides)
-    return "reward" in touched and "reward.gold" not in touched
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
