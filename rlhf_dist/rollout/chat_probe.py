@@ -53,6 +53,10 @@ class TemplateProbe:
                             "multi-turn rollouts need one that does (set data.chat_template)")
         return self._ids(closed[len(before):]), self._ids(opened[len(closed):])
 
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """A whole prompt (no model text in it), rendered with the generation prompt."""
+        return self._ids(self._render(messages, generation_prompt=True))
+
     def summary(self) -> str:
         """One short paragraph for the console: the tokens found, and what they mean for training."""
         shown = self.tokenizer.convert_ids_to_tokens(self.turn_end)
