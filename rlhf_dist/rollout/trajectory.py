@@ -14,6 +14,9 @@ trajectory, which the caller retries or drops with its group (a failed trajector
 
 from __future__ import annotations
 
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,40 @@ class Limits:
     max_turns: int
     max_total_tokens: int
     max_observation_tokens: int
+    tool_timeout_s: float = 30.0  # one tool call; past it the call's answer is a timeout error
+    env_timeout_s: float = 60.0  # one reset, step or close of the env; past it the trajectory fails
+    trajectory_timeout_s: float = 600.0  # the whole trajectory; past it, it fails
+
+
+class EnvFailure(Exception):
+    """The env raised or timed out, or the trajectory ran out of time: the trajectory fails (it is
+    retried with a fresh env, or its group dropped); it is never scored."""
+
+    def __init__(self, phase: str, turn: int, error: BaseException, trajectory: Trajectory | None):
+        super().__init__(f"{phase} at turn {turn}: {type(error).__name__}: {error}")
+        self.phase, self.turn, self.error, self.trajectory = phase, turn, error, trajectory
+        self.trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)[-4:])
+
+
+def call_within(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``fn()`` with a time limit (in a daemon thread, which cannot be stopped: a stuck call is left
+    behind); a ``TimeoutError`` naming ``what`` past it, the call's own exception otherwise."""
+    answer: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            answer["value"] = finish(fn())
+        except BaseException as exc:  # handed to the caller
+            answer["error"] = exc
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} took more than {timeout_s:g} s")
+    if "error" in answer:
+        raise answer["error"]
+    return answer.get("value")
 
 
 @dataclass
@@ -50,6 +87,7 @@ class Trajectory:
     turn_ends: list[int] = field(default_factory=list)  # tape index of each model turn's last token
     tool_calls: int = 0
     tool_errors: int = 0
+    tool_timeouts: int = 0
     parse_errors: int = 0
 
     @property
@@ -66,12 +104,16 @@ def run_trajectory(
     ``reset()`` answer joins the prompt's messages, which are then rendered again (all of it is
     prompt text, none the model's)."""
     by_name = {t.name: t for t in tools}
-    first = finish(env.reset()) if env is not None else None
+    deadline = time.monotonic() + limits.trajectory_timeout_s
+    first = _env_call(env.reset, "reset", 0, limits, None) if env is not None else None
     if first is not None:  # what reset returns follows the prompt, before the first generation prompt
         messages = [*messages, *_as_messages(first, "user")]
         prompt_ids = probe.prompt_ids(messages)
     run = Trajectory(Tape.from_prompt(prompt_ids), list(messages))
     while True:
+        if time.monotonic() > deadline:
+            raise EnvFailure("timeout", run.turns, TimeoutError(
+                f"the trajectory took more than trajectory_timeout_s={limits.trajectory_timeout_s:g} s"), run)
         room = limits.max_total_tokens - len(run.tape)
         if run.turns >= limits.max_turns or room <= 0:
             run.stop = "max_turns" if run.turns >= limits.max_turns else "max_tokens"
@@ -91,7 +133,7 @@ def run_trajectory(
         run.tape.add(closing, "template")
         turn = parse(reply) if by_name else ParsedTurn()
         if turn.made_a_call:
-            answers = _call_tools(run, turn, by_name)
+            answers = _call_tools(run, turn, by_name, limits.tool_timeout_s)
             if not _append(run, [{"role": "tool", "content": a} for a in answers], "tool", probe, tokenizer, limits):
                 run.stop = "max_tokens"
                 return run
@@ -99,7 +141,8 @@ def run_trajectory(
         if env is None:
             run.stop = "no_tool_call"
             return run
-        step = as_step(finish(env.step(reply)), f"{type(env).__name__}.step")
+        step = _env_call(lambda: as_step(finish(env.step(reply)), f"{type(env).__name__}.step"), "step", run.turns,
+                         limits, run)
         run.turn_rewards[-1] += step.reward
         if step.done:
             run.stop = "done"
@@ -110,7 +153,14 @@ def run_trajectory(
             return run
 
 
-def _call_tools(run: Trajectory, turn: ParsedTurn, by_name: dict[str, Tool]) -> list[str]:
+def _env_call(fn: Callable[[], Any], phase: str, turn: int, limits: Limits, run: Trajectory | None) -> Any:
+    try:
+        return call_within(fn, limits.env_timeout_s, f"env {phase}")
+    except Exception as exc:
+        raise EnvFailure(phase, turn, exc, run) from exc
+
+
+def _call_tools(run: Trajectory, turn: ParsedTurn, by_name: dict[str, Tool], timeout_s: float) -> list[str]:
     """Each call's answer as text; what goes wrong is the answer, counted."""
     answers = []
     for error in turn.errors:
@@ -124,9 +174,12 @@ def _call_tools(run: Trajectory, turn: ParsedTurn, by_name: dict[str, Tool]) -> 
             answers.append(f"error: unknown tool {call.name!r}; the tools are {sorted(by_name) or 'none'}")
             continue
         try:
-            answers.append(tool.call(call.arguments))
+            answers.append(call_within(lambda: tool.call(call.arguments), timeout_s, f"tool {tool.name}"))
         except ToolError as exc:
             run.tool_errors += 1
+            answers.append(f"error: {exc}")
+        except TimeoutError as exc:
+            run.tool_timeouts += 1
             answers.append(f"error: {exc}")
     return answers
 

@@ -124,3 +124,85 @@ def test_limits_are_exact(tok):
     assert small.stop == "max_tokens" and len(small.tape) <= 120
     assert all(room == 120 - held for held, room in sampler.seen)  # a turn is asked for at most what is left
     assert small.tape.model_tokens == sum(small.tape.loss_mask)
+
+
+class FlakyEnv:
+    """Fails in step on its first attempt (its seed tells the attempts apart), then plays."""
+
+    fail_seeds: set = set()
+
+    def __init__(self, row, mode="raise"):
+        self.row, self.mode = row, mode
+
+    def reset(self):
+        return None
+
+    def step(self, reply):
+        if self.seed in FlakyEnv.fail_seeds:
+            if self.mode == "hang":
+                import time
+                time.sleep(30)
+            raise RuntimeError("the env's backend is down")
+        return {"reward": 1.0, "done": True}
+
+
+def test_a_failing_env_is_retried_with_a_fresh_env_and_each_failed_attempt_recorded(tok):
+    from rlhf_dist.rollout.attempts import env_seed, make_env, play_sample
+
+    probe = probe_template(tok, QWEN_LIKE)
+    FlakyEnv.fail_seeds = {env_seed(0, 3, 1, 2, 0)}  # the first attempt of (step 3, prompt 1, sample 2)
+    where = {"step": 3, "prompt_index": 1, "sample_index": 2}
+
+    def play(attempt, mode="raise"):
+        env = make_env(FlakyEnv, {"word": "cat"}, {"mode": mode}, env_seed(0, 3, 1, 2, attempt))
+        return run_trajectory(*start(tok), scripted(tok, ["an answer"]), tok, probe, Limits(4, 600, 40, env_timeout_s=0.5),
+                              parse_hermes, [], env=env)
+
+    outcome = play_sample(play, where, retries=1)
+    assert outcome.trajectory is not None and outcome.trajectory.turn_rewards == [1.0]
+    [record] = outcome.errors
+    assert {k: record[k] for k in ("step", "prompt_index", "sample_index", "attempt", "turn", "phase")} == {
+        **where, "attempt": 0, "turn": 1, "phase": "step"}
+    assert record["error"] == {"type": "RuntimeError", "message": "the env's backend is down"}
+    assert "RuntimeError" in record["traceback"] and record["transcript"][-1]["content"] == "an answer"
+    hung = play_sample(lambda attempt: play(attempt, "hang"), where, retries=0)  # a stuck step times out
+    assert hung.trajectory is None and hung.errors[0]["error"]["type"] == "TimeoutError"
+
+
+def test_a_group_with_a_failed_sample_is_dropped_and_the_error_budget_stops_the_run():
+    from rlhf_dist.rollout.attempts import Outcome, RolloutFailures, check_error_budget, kept_groups
+
+    record = {"step": 0, "prompt_index": 1, "sample_index": 0, "turn": 2, "phase": "step",
+              "error": {"type": "KeyError", "message": "'answer'"}}
+    ok, bad = Outcome(trajectory=object()), Outcome(None, [record])
+    groups = [[ok, ok], [bad, ok], [ok, ok], [ok, ok]]
+    assert kept_groups(groups) == [0, 2, 3]
+    check_error_budget(groups, 0.2, first_step=True, env_name="my_env:Env", errors_file="run/rollout_errors.jsonl")
+    with pytest.raises(RolloutFailures) as info:
+        check_error_budget(groups, 0.1, first_step=False, env_name="my_env:Env", errors_file="run/rollout_errors.jsonl")
+    assert str(info.value) == (
+        "1 of 8 trajectories failed at step 0 (more than rollout.multi_turn.errors.max_error_frac=0.1). The env "
+        "my_env:Env raised KeyError: 'answer' in step at turn 2 of prompt 1, sample 0; every failed attempt is in "
+        "run/rollout_errors.jsonl")
+    with pytest.raises(RolloutFailures, match="and it is the first step"):
+        check_error_budget([[bad, bad]], 1.0, first_step=True, env_name="E", errors_file="f")
+
+
+def slow(x: int) -> int:
+    """Never answers in time.
+
+    Args:
+        x: ignored
+    """
+    import time
+    time.sleep(30)
+    return x
+
+
+def test_a_tool_past_its_timeout_is_answered_with_the_timeout_and_the_trajectory_goes_on(tok):
+    probe = probe_template(tok, QWEN_LIKE)
+    call = '<tool_call>{"name": "slow", "arguments": {"x": 1}}</tool_call>'
+    run = run_trajectory(*start(tok), scripted(tok, [call, "done"]), tok, probe,
+                         Limits(4, 600, 200, tool_timeout_s=0.3), parse_hermes, [Tool.from_function(slow, "tools.0")])
+    assert run.tool_timeouts == 1 and run.stop == "no_tool_call"
+    assert run.transcript[2] == {"role": "tool", "content": "error: tool slow took more than 0.3 s"}
