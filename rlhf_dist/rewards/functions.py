@@ -85,7 +85,6 @@ def with_columns(fn: Callable[..., Any], where: str) -> BatchFn:
         except Exception as exc:
             raise RewardError(f"{where} raised {type(exc).__name__}: {exc}") from exc
 
-    score.binding = binding  # type: ignore[attr-defined]  # the preflight checks it against the data
     return score
 
 
