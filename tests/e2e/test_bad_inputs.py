@@ -18,8 +18,17 @@ import torch
 from launch.cli.main import main
 from rlhf_dist.checkpoints.files import checkpoint_dirs, save_tree, write_checkpoint, write_json
 from rlhf_dist.checkpoints.run_dir import MARKER, claim_run_dir
+from rlhf_dist.checkpoints.run_lock import LOCK_FILE, release_run_dir
 from rlhf_dist.errors import UserError
 from tests.unit.checkpoints.test_run_dir import dataset_folder, snapshot, user_project
+
+
+def left_behind(path: Path) -> Path:
+    """A run dir as a run that died leaves it: claimed, its lock gone with its process (here, this
+    test process hands it on at once, so the CLI it starts may take it)."""
+    run_dir = claim_run_dir(path)
+    release_run_dir(run_dir)
+    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +178,7 @@ def test_make_tiny_refuses_a_non_empty_dir_and_force_replaces_it(tmp_path):
 
 
 def _run_dir_with_tiny(tmp_path: Path, tiny) -> Path:
-    run_dir = claim_run_dir(tmp_path / "run")
+    run_dir = left_behind(tmp_path / "run")
     shutil.copytree(tiny.policy.parent, run_dir / "tiny-model")  # the default shape, hidden_size 128
     return run_dir
 
@@ -208,7 +217,9 @@ def test_a_leftover_tiny_model_of_another_shape_is_refused_on_resume(tmp_path, t
     out = cli("train", "--resume", str(run_dir))
     assert out.returncode == 2
     assert "disagrees with" in out.stderr and "hidden_size 128 (config: 64)" in out.stderr and "start a new run" in out.stderr
-    assert snapshot(run_dir) == before
+    after = snapshot(run_dir)
+    assert after.pop(LOCK_FILE) != before.pop(LOCK_FILE)  # the lock names its last holder: the refused resume
+    assert after == before
 
 
 def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path, capsys, monkeypatch):
@@ -226,7 +237,7 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_a_rerun(tmp_path
     assert code == 2 and "Ray did not start" in err
     assert {MARKER, "config.yaml", "tiny-model"} <= {p.name for p in run_dir.iterdir()}
 
-    died = claim_run_dir(tmp_path / "died")  # died after opening its metrics, before step 0 ended
+    died = left_behind(tmp_path / "died")  # died after opening its metrics, before step 0 ended
     (died / "config.yaml").write_text("steps: 3\n")
     (died / "metrics.jsonl").write_text('{"step": 0, "rew')
     (died / "tensorboard").mkdir()
@@ -264,7 +275,7 @@ def _fake_state(step: int):
 def _run_with_checkpoints(tmp_path: Path, *steps: int) -> Path:
     from rlhf_dist.config import dump_config, load_config
 
-    run_dir = claim_run_dir(tmp_path / "run")
+    run_dir = left_behind(tmp_path / "run")
     (run_dir / "config.yaml").write_text(dump_config(load_config(None, [])))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(max(steps))))
     for step in steps:
