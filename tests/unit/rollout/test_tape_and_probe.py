@@ -7,7 +7,6 @@ import copy
 import pytest
 
 from rlhf_dist.errors import UserError
-from rlhf_dist.models.tiny import train_tokenizer
 from rlhf_dist.rollout.chat_probe import probe_template
 from rlhf_dist.rollout.tape import Tape
 
@@ -21,13 +20,6 @@ THINK_STRIPPING = (
     "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@pytest.fixture(scope="module")
-def qwen_tokenizer():
-    tok = copy.deepcopy(train_tokenizer())
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    return tok
 
 
 def ids(tok, text):

@@ -1,16 +1,14 @@
 """One multi-turn trajectory over a scripted sampler: tool calls answered (failures as text), env
 turns rewarded, limits exact, and the tape always what the template renders for the conversation."""
 
-import copy
 
 import pytest
 
 from rlhf_dist.envs import Step, Tool
-from rlhf_dist.models.tiny import train_tokenizer
 from rlhf_dist.rollout.chat_probe import probe_template
 from rlhf_dist.rollout.tool_calls import parse_hermes
 from rlhf_dist.rollout.trajectory import CUT_MARKER, Limits, run_trajectory
-from tests.unit.rollout.test_tape_and_probe import QWEN_LIKE
+from tests.unit.rollout.test_tape_and_probe import QWEN_LIKE, ids
 
 
 def multiply(a: int, b: int) -> int:
@@ -24,14 +22,8 @@ def multiply(a: int, b: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def tok():
-    t = copy.deepcopy(train_tokenizer())
-    t.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    return t
-
-
-def ids(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
+def tok(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 def scripted(tok, replies, stop=True):
