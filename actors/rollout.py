@@ -1,4 +1,5 @@
-"""`RolloutWorker`: a Ray actor that owns one inference engine (vLLM, or transformers)."""
+"""`RolloutWorker`: a Ray actor that owns one inference engine (vLLM, or transformers), and in a
+multi-turn run the player of its trajectories."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ray
 from actors.shell import ComputeClock, computing
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout.engines import make_engine
+from rlhf_dist.rollout.multi_turn import MultiTurnSpec, TrajectoryPlayer
 from rlhf_dist.rollout.requests import Request, Sample
 from rlhf_dist.rollout.spec import EngineSpec
 from rlhf_dist.weight_sync.buckets import WeightLayout
@@ -16,14 +18,19 @@ from rlhf_dist.weight_sync.transports import GeneratorRoute
 
 @ray.remote
 class RolloutWorker(ComputeClock):
-    def __init__(self, spec: EngineSpec):
+    def __init__(self, spec: EngineSpec, multi_turn: MultiTurnSpec | None = None):
         self.engine = make_engine(spec)
+        self.player = TrajectoryPlayer(multi_turn, self.engine.tokenizer) if multi_turn is not None else None
 
     def ready(self) -> bool:
         return True
 
     @computing
-    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Sample]:
+    def generate(self, requests: list[Request], sampling: SamplingConfig, step: int = 0) -> list[Sample]:
+        """One sample per request; in a multi-turn run, each request's whole trajectory (``step`` seeds
+        the envs)."""
+        if self.player is not None:
+            return self.player.play(requests, sampling, step, self.engine.generate)
         return self.engine.generate(requests, sampling)
 
     def sleep(self) -> bool:

@@ -56,7 +56,7 @@ def step_requests(cfg: RunConfig, model_path: str) -> list[list[Request]]:
     """The requests of each step of an on-policy run of ``cfg`` (as rlhf_dist/driver/batch_producer.py builds
     them): the sampler's prompts for the step, ``samples_per_prompt`` seeded requests each."""
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path, cfg.model.trust_remote_code)
-    prompts, _ = load_run_prompts(cfg, tokenizer)
+    prompts, _, _ = load_run_prompts(cfg, tokenizer)
     sampler = PromptSampler(len(prompts), seed=cfg.seed, shuffle=cfg.data.shuffle)
     rollout = cfg.rollout
     return [

@@ -45,7 +45,7 @@ ROLES = ("rollout", "reward", "reference", "learner")
 def preflight_train(cfg: RunConfig, force: bool = False) -> None:
     """`rlhf-dist train` (and a resumed run, with its saved config); ``force``: a memory plan that
     does not fit is a warning, not an error."""
-    problems = [p for spec, key in _python_rewards(cfg) if (p := python_function_problem(spec, key))]
+    problems = [p for spec, key in _user_code(cfg) if (p := python_function_problem(spec, key))]
     problems += [p for path, key in _data_paths(cfg) if (p := data_path_problem(path, key, _prompt_reader(cfg, path, key)))]
     problems += [p for task in _builtin_tasks(cfg) if (p := _builtin_problem(task))]
     if _local():
@@ -142,7 +142,7 @@ def preflight_submit(cfg: RunConfig | StageConfig, project_dir: Path, shipped_wi
         if cfg.data.path is None:
             data, problems = [], ["a submitted stage needs data.path: a .jsonl or .parquet file, or a `datasets` directory"]
     else:
-        refs, data, rewards = _models(cfg), _data_paths(cfg), _python_rewards(cfg)
+        refs, data, rewards = _models(cfg), _data_paths(cfg), _user_code(cfg)
     models = [(ref.path, ref.setting) for ref in refs if looks_local(ref.path)]  # not hub names
     for path, key in [*data, *models]:
         if path.startswith(("/", "~")):
@@ -172,6 +172,17 @@ def _python_rewards(cfg: RunConfig) -> list[tuple[str, str]]:
     if gold is not None:
         found.append((gold, "reward.gold" if isinstance(cfg.reward.gold, str) else "reward.gold.path"))
     return [(c.path, key) for c, key in found if c.type == "python" and c.path]
+
+
+def _user_code(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(module:name, config key) of the user's code a run imports: Python rewards, and a multi-turn
+    run's env class and tools."""
+    found = _python_rewards(cfg)
+    multi = cfg.rollout.multi_turn
+    if multi is not None:
+        found += [(multi.env, "rollout.multi_turn.env")] if multi.env else []
+        found += [(path, f"rollout.multi_turn.tools.{i}") for i, path in enumerate(multi.tools)]
+    return found
 
 
 def _remote_rewards(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from rlhf_dist.driver.remote_calls import Roles, gather
 from rlhf_dist.errors import UserError
 from rlhf_dist.models.reference import ReferenceSpec
 from rlhf_dist.planning.placement import PlacementError, Plan, plan_placement
+from rlhf_dist.rollout.multi_turn import MultiTurnSpec
 from rlhf_dist.rollout.spec import EngineSpec
 
 NAMESPACE = "rlhf-dist"
@@ -217,10 +218,13 @@ def _start_actors(
     seed = cfg.seed
     started = time.perf_counter()
     restarts = cfg.recovery.max_actor_restarts  # learners: 0, a DeepSpeed world cannot take a new rank
+    multi_turn = None
+    if cfg.rollout.multi_turn is not None:
+        multi_turn = MultiTurnSpec.from_config(cfg)
     rollout = [
         RolloutWorker.options(
             **_options(f"rollout-{i}", place.rollout, restarts), **_slot(plan, groups, "rollout", i)
-        ).remote(EngineSpec.from_config(cfg, model_path, seed + i))
+        ).remote(EngineSpec.from_config(cfg, model_path, seed + i), multi_turn)
         for i in range(cfg.rollout.num_workers)
     ]
     reward = [

@@ -28,6 +28,8 @@ from rlhf_dist.metrics.logger import MetricsError, MetricsLogger, read_metrics, 
 from rlhf_dist.metrics.plots import write_run_curves
 from rlhf_dist.models.loading import load_tokenizer
 from rlhf_dist.models.tiny import make_tiny, tiny_mismatch
+from rlhf_dist.planning.machine_checks import on_user_path
+from rlhf_dist.rollout.multi_turn import MultiTurnSpec, TrajectoryPlayer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ def train(
     model_path = resolve_model_path(cfg.model, cfg.seed, run_dir, resume)
     tokenizer_path = cfg.model.tokenizer or model_path
     tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
-    train_prompts, eval_prompts, data_stats = load_run_prompts(cfg, tokenizer)
+    tools = multi_turn_probe(cfg, tokenizer)
+    train_prompts, eval_prompts, data_stats = load_run_prompts(cfg, tokenizer, tools)
     reward_binding_check(cfg, train_prompts, eval_prompts)
     probe_ids = tokenizer(PROBE_TEXT).input_ids
     if checkpoint is None:  # every check passed, in a run dir of ours: now the config goes in
@@ -219,16 +222,31 @@ def stopped_line(cfg: RunConfig, run_dir: Path) -> str:
             f"rlhf-dist train --resume {shlex.quote(str(run_dir))}")
 
 
-def load_run_prompts(cfg: RunConfig, tokenizer) -> tuple[list, list, dict[str, float]]:
+def multi_turn_probe(cfg: RunConfig, tokenizer) -> list[dict] | None:
+    """A multi-turn run's checks before any actor starts: its env class and tools load, and the chat
+    template is probed (`rlhf_dist/rollout/chat_probe.py`), said in one paragraph; a template or tool
+    that cannot be used is a `UserError` (exit 2). Returns the tools' schemas for the prompts."""
+    if cfg.rollout.multi_turn is None:
+        return None
+    with on_user_path():  # the env and tools import here as in the actors
+        player = TrajectoryPlayer(MultiTurnSpec.from_config(cfg), tokenizer)
+    console.say(player.probe.summary())
+    return player.probe.tools
+
+
+def load_run_prompts(cfg: RunConfig, tokenizer, tools: list[dict] | None = None) -> tuple[list, list, dict[str, float]]:
     """The training prompts, the eval prompts (``eval.prompts``, or ``eval.holdout`` of them held
     out of data.prompts and never trained on), and the ``data/*`` counts every step logs. What
-    loading cut or dropped is said on one line per file."""
-    loaded = load_prompts(cfg.data, tokenizer, cfg.seed)
+    loading cut or dropped is said on one line per file. A multi-turn run renders them as chats with
+    ``tools``."""
+    multi = cfg.rollout.multi_turn is not None
+    loaded = load_prompts(cfg.data, tokenizer, cfg.seed, tools=tools, multi_turn=multi)
     train_prompts, eval_prompts, sets = loaded.prompts, [], [loaded]
     if cfg.eval.holdout:
         train_prompts, eval_prompts = split_holdout(train_prompts, cfg.eval.holdout, cfg.seed)
     elif cfg.eval.prompts is not None:
-        sets.append(load_prompts(cfg.data, tokenizer, cfg.seed, cfg.eval.prompts, setting="eval.prompts"))
+        sets.append(load_prompts(cfg.data, tokenizer, cfg.seed, cfg.eval.prompts, setting="eval.prompts", tools=tools,
+                                 multi_turn=multi))
         eval_prompts = sets[-1].prompts
     for line in filter(None, (s.report() for s in sets)):
         console.say(line)

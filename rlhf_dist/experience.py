@@ -20,6 +20,7 @@ _PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
 _TOKEN_FIELDS = (
     "response_ids",
     "response_mask",
+    "model_mask",
     "rollout_logprobs",
     "old_logprobs",
     "ref_logprobs",
@@ -27,6 +28,7 @@ _TOKEN_FIELDS = (
     "token_rewards",
     "advantages",
     "returns",
+    "turn_rewards",
 )
 _SEQUENCE_FIELDS = ("scores", "prompt_index", "policy_versions", "trainable", "truncated")
 
@@ -49,6 +51,9 @@ class Experience:
     response_mask: torch.Tensor  # (B, T) 0/1 float, 1 on response tokens
     # Log-probabilities of the sampled tokens (temperature-scaled distribution)
     rollout_logprobs: torch.Tensor  # (B, T) log pi_behaviour(a|s), from the rollout engine
+    # (B, T) 0/1 float, multi-turn: 1 on the tokens the model sampled (env, tool and template tokens
+    # are held and attended, never trained on); None: every response token is the model's
+    model_mask: torch.Tensor | None = None
     # (B, T) log pi_proximal(a|s): the learner's own log-probs before its update, when the driver
     # computes them ahead of training (async); otherwise the learner computes them in `train`
     old_logprobs: torch.Tensor | None = None
@@ -57,6 +62,7 @@ class Experience:
     values: torch.Tensor | None = None  # (B, T) V(s_t) at rollout time (PPO only)
     scores: torch.Tensor | None = None  # (B,) scalar reward of each sequence
     token_rewards: torch.Tensor | None = None  # (B, T) score at the last token plus KL penalties
+    turn_rewards: torch.Tensor | None = None  # (B, T) multi-turn: each env turn reward at that turn's last model token
     # Training targets
     advantages: torch.Tensor | None = None  # (B, T)
     returns: torch.Tensor | None = None  # (B, T) value targets (PPO only)
@@ -73,12 +79,18 @@ class Experience:
     # -- shape ----------------------------------------------------------------------------------
 
     @property
+    def action_mask(self) -> torch.Tensor:
+        """(B, T) the tokens the policy sampled: ``model_mask`` in a multi-turn batch, else every
+        response token. KL, advantages, importance weights and the mismatch read these only."""
+        return self.response_mask if self.model_mask is None else self.model_mask
+
+    @property
     def loss_mask(self) -> torch.Tensor:
-        """(B, T) the response tokens that enter the losses: ``response_mask`` without the
-        sequences marked untrainable."""
+        """(B, T) the tokens that enter the losses: the sampled ones, without the sequences marked
+        untrainable."""
         if self.trainable is None:
-            return self.response_mask
-        return self.response_mask * self.trainable[:, None].to(self.response_mask.dtype)
+            return self.action_mask
+        return self.action_mask * self.trainable[:, None].to(self.response_mask.dtype)
 
     @property
     def batch_size(self) -> int:
@@ -188,6 +200,7 @@ class StepBatch:
     prompts: list[str]  # (B,) the rendered prompt text of each sequence
     responses: list[str]  # (B,) the decoded response text
     columns: dict[str, list] = field(default_factory=dict)  # row column name -> (B,) values
+    turns: list[dict] = field(default_factory=list)  # multi-turn: each row's samples.jsonl fields ([] single-turn)
 
 
 def columns_of(rows: list) -> dict[str, list]:

@@ -20,14 +20,29 @@ def gae(
     ``delta_t = r_t + gamma * m_{t+1} * V_{t+1} - V_t`` and
     ``A_t = delta_t + gamma * lam * m_{t+1} * A_{t+1}``; ``returns = A + V``.
 
+    The recursion runs over the masked tokens only: a multi-turn mask has gaps (env, tool and
+    template tokens), which are skipped, so that "next" is the policy's next action. The masked
+    tokens of each row are moved to its front (in order), the recursion runs there, and the results
+    go back to their places; a right-padded mask without gaps stays where it is.
+
     Args:
         rewards: (B, T) per-token rewards (score at the last response token plus KL penalties).
         values: (B, T) critic values V(s_t).
-        mask: (B, T) 0/1 response-token mask, right padded.
+        mask: (B, T) 0/1 mask of the tokens the policy sampled.
         gamma: discount; lam: GAE lambda.
     Returns:
         (advantages, returns), both (B, T) and 0 where the mask is 0.
     """
+    order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices  # masked tokens first, in order
+    advantages, returns = _gae_packed(rewards.gather(1, order), values.gather(1, order), mask.gather(1, order),
+                                      gamma, lam)
+    return advantages.new_zeros(advantages.shape).scatter_(1, order, advantages), \
+        returns.new_zeros(returns.shape).scatter_(1, order, returns)
+
+
+def _gae_packed(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gae` over a mask whose ones lead each row (right padded, no gaps)."""
     rewards = masked_fill_zero(rewards, mask)
     values = masked_fill_zero(values, mask)
     mask = mask.to(values.dtype)

@@ -183,6 +183,7 @@ class GroupSelection:
     slots: list[tuple[int, int]]  # (round, group index within the round), one per slot, in order
     informative: int  # slots holding a group whose scores differ
     filtered: int  # uniform groups generated over all rounds, dropped or used as filler
+    padding: int = 0  # last slots: copies of chosen groups standing in for dropped ones (no loss)
 
     @property
     def complete(self) -> bool:
@@ -195,7 +196,8 @@ class GroupSelection:
         return slice(self.informative * group_size, None)
 
 
-def select_groups(round_uniform: list[torch.Tensor], target: int) -> GroupSelection:
+def select_groups(round_uniform: list[torch.Tensor], target: int,
+                  round_dropped: list[torch.Tensor] | None = None) -> GroupSelection:
     """Fill ``target`` slots from the groups of several sampling rounds.
 
     Informative groups come first, in generation order (round, then group), up to ``target``.
@@ -206,14 +208,25 @@ def select_groups(round_uniform: list[torch.Tensor], target: int) -> GroupSelect
     the shaped scores differ within the group by the KL penalty, and scores equal to within
     ``tol`` but not exactly are blown up by GRPO's division by the group std.
 
+    Dropped groups (multi-turn: a trajectory of the group failed) are never chosen. When too few
+    groups are left for the slots, the last ``padding`` slots repeat chosen groups, which the
+    caller must keep out of the loss (``Experience.trainable = 0``).
+
     Args:
         round_uniform: one (G_r,) bool tensor per round, from :func:`uniform_groups`.
         target: groups in the batch (``rollout.prompts_per_step``).
+        round_dropped: one (G_r,) bool tensor per round, True for a group that must not be used.
     """
     order = [(r, g) for r, uniform in enumerate(round_uniform) for g in range(len(uniform))]
     is_uniform = {(r, g): bool(round_uniform[r][g]) for r, g in order}
     if len(order) < target:
         raise ValueError(f"{len(order)} groups generated, fewer than the {target} slots of the batch")
+    if round_dropped is not None:
+        order = [(r, g) for r, g in order if not bool(round_dropped[r][g])]
     informative = [rg for rg in order if not is_uniform[rg]][:target]
     fillers = [rg for rg in order if is_uniform[rg]][: target - len(informative)]
-    return GroupSelection(informative + fillers, len(informative), sum(is_uniform.values()))
+    chosen = informative + fillers
+    if not chosen:
+        raise ValueError("every group was dropped: nothing is left to fill the batch")
+    padding = [chosen[i % len(chosen)] for i in range(target - len(chosen))]
+    return GroupSelection(chosen + padding, len(informative), sum(is_uniform.values()), len(padding))

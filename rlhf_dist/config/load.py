@@ -200,6 +200,24 @@ def _commented_fields(model: BaseModel, depth: int, lines: list[str]) -> None:
             _commented_fields(value, depth + 1, lines)
         else:
             lines.append(f"{indent}{name}: {_flow_yaml(plain[name])}")
+            off = _section_when_set(info.annotation) if value is None else None
+            if off is not None:  # a null section (rollout.multi_turn): its fields, commented out
+                block: list[str] = []
+                _commented_fields(off, depth + 1, block)
+                lines.append(f"{indent}# {name}, when set (these are its defaults):")
+                lines.extend(f"{indent}# {line[len(indent):]}" for line in block)
+
+
+def _section_when_set(annotation: Any) -> BaseModel | None:
+    """The defaults of the one section a ``Section | None`` field may hold, where every field of it
+    has a default; None for any other annotation."""
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(members) != 1 or not (isinstance(members[0], type) and issubclass(members[0], BaseModel)):
+        return None
+    try:
+        return members[0]()
+    except ValueError:  # pydantic's ValidationError: a field without a default
+        return None
 
 
 def _field_comment(info: Any) -> str:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 # The algorithm section lives in its own file; importing it here keeps `schema.AlgorithmConfig` working.
 from rlhf_dist.config.algorithm import AlgorithmConfig, KLConfig  # noqa: F401
+from rlhf_dist.config.multi_turn import MultiTurnConfig
 from rlhf_dist.config.section import Section
 
 
@@ -109,6 +110,9 @@ class RolloutConfig(Section):
         "data.max_prompt_tokens + sampling.max_new_tokens"
     )
     kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    multi_turn: MultiTurnConfig | None = Field(
+        None, description="trajectories of several turns with an env and tools (the README's env API); null = "
+        "single-turn, sampling.max_new_tokens per response")
 
 
 class RewardComponent(Section):

@@ -42,11 +42,14 @@ def _batch_sizes(cfg: RunConfig) -> list[str]:
             f"the rollout batch of {batch} sequences does not split evenly over "
             f"learner.num_workers={learner.num_workers}"
         )
-    longest = cfg.data.max_prompt_tokens + rollout.sampling.max_new_tokens
+    longest, what = cfg.data.max_prompt_tokens + rollout.sampling.max_new_tokens, (
+        "data.max_prompt_tokens + rollout.sampling.max_new_tokens")
+    if rollout.multi_turn is not None:
+        longest, what = rollout.multi_turn.max_total_tokens or rollout.max_model_len, "rollout.multi_turn.max_total_tokens"
     if 0 < learner.max_tokens_per_micro_batch < longest:
         problems.append(
             f"learner.max_tokens_per_micro_batch={learner.max_tokens_per_micro_batch} is smaller than one "
-            f"full-length sequence (data.max_prompt_tokens + rollout.sampling.max_new_tokens = {longest}); "
+            f"full-length sequence ({what} = {longest}); "
             f"it counts tokens, not sequences: set it to at least {longest} (e.g. {8 * longest}), or 0 to use "
             "learner.micro_batch_size"
         )
@@ -123,6 +126,21 @@ def _lengths(cfg: RunConfig) -> list[str]:
             f"{cfg.data.max_prompt_tokens} + {cfg.rollout.sampling.max_new_tokens} = {need} exceeds "
             f"rollout.max_model_len={cfg.rollout.max_model_len}; raise it or shorten one of them"
         )
+    multi = cfg.rollout.multi_turn
+    if multi is not None and (multi.max_total_tokens or 0) > cfg.rollout.max_model_len:
+        problems.append(
+            f"rollout.multi_turn.max_total_tokens={multi.max_total_tokens} exceeds rollout.max_model_len="
+            f"{cfg.rollout.max_model_len}, the longest sequence the engine holds; raise max_model_len or lower it"
+        )
+    if multi is not None and (multi.max_total_tokens or cfg.rollout.max_model_len) <= cfg.data.max_prompt_tokens:
+        problems.append(
+            f"rollout.multi_turn.max_total_tokens={multi.max_total_tokens or cfg.rollout.max_model_len} leaves no room for a turn after a prompt "
+            f"of data.max_prompt_tokens={cfg.data.max_prompt_tokens}; raise it"
+        )
+    if multi is not None and not multi.env and not multi.tools:
+        problems.append("rollout.multi_turn has neither an env nor tools: set rollout.multi_turn.env (module:Class), "
+                        "rollout.multi_turn.tools (a list of module:function), or both; or drop the block for "
+                        "single-turn rollouts")
     if cfg.model.path is None and cfg.rollout.max_model_len > cfg.model.tiny.max_position_embeddings:
         problems.append(
             f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the tiny model's "
@@ -152,8 +170,10 @@ def _tiny_model(cfg: RunConfig) -> list[str]:
 def _reward(cfg: RunConfig) -> list[str]:
     """The scorer's own checks (rule names and args, required fields), run before any actor starts."""
     problems = []
-    if not cfg.reward.components:
-        problems.append("reward.components is empty; add at least one (type: rule|model|python|remote)")
+    env_rewards = cfg.rollout.multi_turn is not None and cfg.rollout.multi_turn.env is not None
+    if not cfg.reward.components and not env_rewards:
+        problems.append("reward.components is empty; add at least one (type: rule|model|python|remote), or give "
+                        "the rewards from an env (rollout.multi_turn.env)")
     for i, comp in enumerate(cfg.reward.components):
         problems.extend(f"reward.components.{i}: {problem}" for problem in component_problems(comp))
     gold = cfg.reward.gold_component()

@@ -91,6 +91,7 @@ class ChatRenderer:
     tokenizer: Any
     template: str | None = None
     system_prompt: str | None = None  # prepended to chats that do not open with a system message
+    tools: list[dict] | None = None  # JSON schemas of a multi-turn run's tools, for the template's `tools=`
 
     @classmethod
     def from_config(cls, tokenizer: Any, cfg: DataConfig | StageDataConfig) -> ChatRenderer:
@@ -107,16 +108,21 @@ class ChatRenderer:
                 "data.chat_template is not set; set data.chat_template to a Jinja template, use a model "
                 "whose tokenizer has one, or give text prompts without data.apply_chat_template"
             )
-        if self.system_prompt is not None and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        messages = self.with_system(messages)
         prefill = add_generation_prompt and messages[-1]["role"] == "assistant"
         try:
             return self.tokenizer.apply_chat_template(
                 messages, chat_template=self.template, add_generation_prompt=add_generation_prompt and not prefill,
-                continue_final_message=prefill, tokenize=False,
+                continue_final_message=prefill, tokenize=False, tools=self.tools,
             )
         except Exception as exc:  # jinja2 errors, and the templates' own raise_exception(...)
             raise DataError(f"{where}: the chat template failed on this chat: {exc}") from None
+
+    def with_system(self, messages: Messages) -> Messages:
+        """``messages`` as rendered: ``system_prompt`` first unless the chat opens with a system message."""
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
 
     def encode(self, messages: Messages, add_generation_prompt: bool, where: str) -> tuple[str, list[int]]:
         """``(text, ids)`` of the rendered chat; the ids hold no special tokens the template did not write."""

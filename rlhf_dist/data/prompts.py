@@ -7,6 +7,7 @@ Over-long prompts are truncated or skipped, and counted.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class Prompt:
     # The row's other fields (all but the prompt's own column), e.g. {"answer": "42"}; rewards get
     # each as a keyword argument. Empty for builtin tasks.
     columns: dict[str, Any] = field(default_factory=dict)
+    # The chat as rendered (system prompt included) for a multi-turn run, whose trajectories append
+    # to it; None for a single-turn run.
+    messages: list[dict] | None = None
 
 
 @dataclass
@@ -117,6 +121,7 @@ class _Row:
     is_chat: bool  # rendered by a chat template: tokenised without special tokens, truncated at the start
     columns: dict[str, Any]
     empty: bool = False  # no text at all (or a chat whose messages are all empty)
+    messages: list[dict] | None = None  # the chat rendered (multi-turn runs keep it)
 
 
 def _read(cfg: DataConfig, source: str, seed: int, setting: str) -> Table:
@@ -126,16 +131,19 @@ def _read(cfg: DataConfig, source: str, seed: int, setting: str) -> Table:
     return read_table(source, split=cfg.split, setting=setting, what="prompts")
 
 
-def _render_rows(table: Table, cfg: DataConfig, renderer: ChatRenderer) -> list[_Row]:
+def _render_rows(table: Table, cfg: DataConfig, renderer: ChatRenderer, as_chat: bool) -> list[_Row]:
     rows = []
     for i, row in enumerate(table):
         key, prompt = row_prompt(table, i, cfg)
         columns = {k: v for k, v in row.items() if k != key}
-        if isinstance(prompt, str):
+        if isinstance(prompt, str) and not as_chat:
             rows.append(_Row(prompt, False, columns, not prompt.strip()))
-        else:
-            empty = not any(str(m.get("content") or "").strip() for m in prompt)
-            rows.append(_Row(renderer.render(prompt, add_generation_prompt=True, where=table.where(i)), True, columns, empty))
+            continue
+        chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        empty = not any(str(m.get("content") or "").strip() for m in chat)
+        messages = renderer.with_system(chat)
+        text = renderer.render(messages, add_generation_prompt=True, where=table.where(i))
+        rows.append(_Row(text, True, columns, empty, messages if as_chat else None))
     return rows
 
 
@@ -146,6 +154,8 @@ def load_prompts(
     source: str | None = None,
     *,
     setting: str = "data.prompts",
+    tools: list[dict] | None = None,
+    multi_turn: bool = False,
 ) -> PromptSet:
     """Read, render and tokenize the prompts of ``source`` (default ``cfg.prompts``).
 
@@ -153,11 +163,13 @@ def load_prompts(
     ``setting`` names that section's key in error messages. A prompt of more than
     ``cfg.max_prompt_tokens`` tokens is cut (``overlong: truncate``) or dropped (``skip``): a text
     prompt keeps its first tokens, a chat prompt its last, so that the generation prompt survives.
-    ``seed`` only matters for builtin tasks.
+    ``seed`` only matters for builtin tasks. A ``multi_turn`` run renders every prompt as a chat (a text
+    prompt is one user message), with the ``tools`` schemas, and keeps each prompt's messages.
     """
     source = cfg.prompts if source is None else source
     table = _read(cfg, source, seed, setting)
-    read = _render_rows(table, cfg, ChatRenderer.from_config(tokenizer, cfg))
+    renderer = dataclasses.replace(ChatRenderer.from_config(tokenizer, cfg), tools=tools)
+    read = _render_rows(table, cfg, renderer, multi_turn)
     rows = [row for row in read if not row.empty]
     if len(read) and (len(read) - len(rows)) * 2 >= len(read):
         raise DataError(
@@ -188,7 +200,7 @@ def load_prompts(
             else:
                 row_ids = row_ids[:limit]
                 text = tokenizer.decode(row_ids, skip_special_tokens=True)
-        prompts.append(Prompt(index=len(prompts), text=text, ids=row_ids, columns=row.columns))
+        prompts.append(Prompt(index=len(prompts), text=text, ids=row_ids, columns=row.columns, messages=row.messages))
     if not prompts:
         raise DataError(
             f"all {len(rows)} prompts of {source} are longer than data.max_prompt_tokens={limit} "

@@ -23,11 +23,13 @@ from rlhf_dist.algorithms import overlong_penalty, select_groups, uniform_groups
 from rlhf_dist.checkpoints.files import load_tree, save_tree
 from rlhf_dist.config import RunConfig
 from rlhf_dist.data import Prompt
-from rlhf_dist.driver.remote_calls import Roles, gather, shard_sizes
-from rlhf_dist.driver.rounds import Call, ScoredRound, generate_and_score
+from rlhf_dist.driver.remote_calls import Roles, RunFailed, gather, shard_sizes
+from rlhf_dist.driver.rounds import Call, ScoredRound, generate_and_score, request_for
+from rlhf_dist.driver.trajectories import check_failures, record_errors, sample_fields, trajectory_metrics, turn_tensors
 from rlhf_dist.experience import Experience, StepBatch, columns_of
 from rlhf_dist.metrics.timing import timed
 from rlhf_dist.models.sequences import left_pad, right_pad
+from rlhf_dist.rollout.attempts import RolloutFailures
 from rlhf_dist.rollout.requests import Request, Sample, request_seed
 
 
@@ -49,9 +51,11 @@ class Produced:
 
 class RolloutPipeline:
     def __init__(self, cfg: RunConfig, roles: Roles, prompts: list[Prompt], pad_token_id: int, sampler,
-                 version: Callable[[], int], after_generate: Callable[[], None] = lambda: None):
+                 version: Callable[[], int], after_generate: Callable[[], None] = lambda: None,
+                 errors_path: Path | None = None):
         self.cfg, self.roles, self.prompts, self.pad, self.sampler = cfg, roles, prompts, pad_token_id, sampler
         self.version, self.after_generate = version, after_generate
+        self.errors_path = errors_path  # multi-turn: RUN_DIR/rollout_errors.jsonl, one line per failed attempt
         self.ahead = cfg.rollout.async_steps
         self.ready: dict[int, Produced] = {}  # produced, not yet trained on
         self.in_flight: tuple[list[int], Future] | None = None
@@ -107,18 +111,21 @@ class RolloutPipeline:
                 self.roles, self.prompts, requests, rollout.sampling, step=step, call=call, timings=timings
             )
             rounds.append(scored)
+            self._check_trajectories(step, scored)
             if not algo.dynamic_sampling:
                 break
-            kept += int((~uniform_groups(scored.rewards.total, n)).sum())
+            kept += int((~uniform_groups(scored.rewards.total, n) & ~scored.failed.view(-1, n).any(1)).sum())
             if kept >= groups_wanted:
                 break
         self.after_generate()
         batch, stats, fillers = self._assemble(rounds, groups_wanted)
         exp = batch.exp
-        if algo.overlong == "penalty":
-            lengths = exp.response_mask.sum(-1)
-            exp.scores = exp.scores + overlong_penalty(lengths, rollout.sampling.max_new_tokens,
-                                                       algo.overlong_buffer, algo.overlong_penalty)
+        if algo.overlong == "penalty":  # multi-turn: the whole trajectory against its token budget
+            lengths, longest = exp.response_mask.sum(-1), rollout.sampling.max_new_tokens
+            if rollout.multi_turn is not None:
+                lengths = lengths + exp.prompt_mask.sum(-1)
+                longest = rollout.multi_turn.max_total_tokens or rollout.max_model_len
+            exp.scores = exp.scores + overlong_penalty(lengths, longest, algo.overlong_buffer, algo.overlong_penalty)
         elif algo.overlong == "mask":
             exp.trainable = 1.0 - exp.truncated.float()
         with timed(timings, "reference"):
@@ -138,10 +145,22 @@ class RolloutPipeline:
         its own, round 0 the seeds of the plain loop."""
         stream = f"round{round_}" if round_ else ""
         return [
-            Request(i, s, self.prompts[i].ids, request_seed(self.cfg.seed, step, i, s, stream))
+            request_for(i, s, self.prompts[i], request_seed(self.cfg.seed, step, i, s, stream))
             for i in indices
             for s in range(self.cfg.rollout.samples_per_prompt)
         ]
+
+    def _check_trajectories(self, step: int, scored: ScoredRound) -> None:
+        """Multi-turn: every failed attempt of the round to the errors file, then the error budget."""
+        multi = self.cfg.rollout.multi_turn
+        if multi is None:
+            return
+        record_errors(self.errors_path, scored.samples)
+        try:
+            check_failures(scored.samples, self.cfg.rollout.samples_per_prompt, multi.errors.max_error_frac,
+                           step == 0, multi.env or "(tools only)", self.errors_path)
+        except RolloutFailures as exc:
+            raise RunFailed(str(exc)) from None
 
     def _reference(self, exp: Experience) -> torch.Tensor:
         sizes = shard_sizes(exp.batch_size, len(self.roles.reference))
@@ -152,10 +171,14 @@ class RolloutPipeline:
         """The step's batch from the rounds' groups (informative ones first when dynamic sampling
         is on; without it, round 0 as it came) and its reward statistics."""
         n = self.cfg.rollout.samples_per_prompt
-        picks, fillers = [(0, g) for g in range(groups_wanted)], 0
-        if self.cfg.algorithm.dynamic_sampling:
-            selection = select_groups([uniform_groups(r.rewards.total, n) for r in rounds], groups_wanted)
-            picks, fillers = selection.slots, groups_wanted - selection.informative
+        picks, fillers, padding = [(0, g) for g in range(groups_wanted)], 0, 0
+        failed = [r.failed.view(-1, n).any(1) for r in rounds]  # multi-turn: groups with a failed trajectory
+        if self.cfg.algorithm.dynamic_sampling or any(f.any() for f in failed):
+            uniform = [uniform_groups(r.rewards.total, n) for r in rounds]
+            if not self.cfg.algorithm.dynamic_sampling:  # every group counts as informative
+                uniform = [torch.zeros_like(u) for u in uniform]
+            selection = select_groups(uniform, groups_wanted, failed)
+            picks, fillers, padding = selection.slots, groups_wanted - selection.informative, selection.padding
         samples = [rounds[r].samples[g * n + i] for r, g in picks for i in range(n)]
         total = torch.cat([rounds[r].rewards.total[g * n:(g + 1) * n] for r, g in picks])
         names = rounds[0].rewards.components
@@ -166,12 +189,18 @@ class RolloutPipeline:
         rows = [self.prompts[s.prompt_index] for s in samples]
         exp = self._to_experience(samples)
         exp.scores, exp.reward_components = total, components
+        real = slice(0, len(samples) - padding * n)  # the copies that pad dropped groups' slots have no loss
+        if padding:
+            exp.trainable = torch.ones(len(samples))
+            exp.trainable[real.stop:] = 0.0
         batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=[s.text for s in samples],
-                          columns=columns_of(rows))
-        stats = {"reward/mean": float(total.mean()), "reward/std": float(total.std())}
-        stats.update({f"reward/{k}": float(v.mean()) for k, v in components.items()})
+                          columns=columns_of(rows), turns=[sample_fields(s) for s in samples] if samples[0].multi else [])
+        stats = {"reward/mean": float(total[real].mean()), "reward/std": float(total[real].std())}
+        stats.update({f"reward/{k}": float(v[real].mean()) for k, v in components.items()})
         if gold is not None:
-            stats["reward/gold_mean"] = float(gold.mean())
+            stats["reward/gold_mean"] = float(gold[real].mean())
+        if samples[0].multi is not None:
+            stats.update(trajectory_metrics([s for r in rounds for s in r.samples], padding))
         if self.cfg.algorithm.dynamic_sampling:
             stats["rollout/filtered_groups"] = float(selection.filtered)
             stats["rollout/sampling_rounds"] = float(len(rounds))
@@ -180,11 +209,15 @@ class RolloutPipeline:
         return batch, stats, fillers
 
     def _to_experience(self, samples: list[Sample]) -> Experience:
-        prompt_ids, prompt_mask = left_pad([self.prompts[s.prompt_index].ids for s in samples], self.pad, torch.float32)
+        prompts = [s.multi.prompt_ids if s.multi is not None else self.prompts[s.prompt_index].ids for s in samples]
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad, torch.float32)
         length = max(1, max(len(s.response_ids) for s in samples))  # an all-empty batch still has one column
         response_ids, response_mask = right_pad([s.response_ids for s in samples], self.pad, torch.float32, width=length)
         rollout_logprobs, _ = right_pad([s.logprobs for s in samples], 0.0, width=length)
+        model_mask, turn_rewards = turn_tensors(samples, length) if samples[0].multi is not None else (None, None)
         return Experience(
+            model_mask=model_mask,
+            turn_rewards=turn_rewards,
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
             response_ids=response_ids,
@@ -208,7 +241,7 @@ class RolloutPipeline:
                 "step": step,
                 "tensors": {name: getattr(exp, name) for name in exp._tensor_fields() if getattr(exp, name) is not None},
                 "components": dict(exp.reward_components),
-                "responses": batch.responses,
+                "responses": batch.responses, "turns": batch.turns,
                 "stats": produced.stats, "timings": produced.timings, "fillers": produced.fillers,
             }
             (root / "pending").mkdir(exist_ok=True)
@@ -224,5 +257,6 @@ class RolloutPipeline:
                 tensors["truncated"] = torch.tensor(tree["truncated"], dtype=torch.bool)
             exp = Experience(**tensors, reward_components=tree["components"])
             rows = [self.prompts[int(i)] for i in exp.prompt_index]
-            batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=tree["responses"], columns=columns_of(rows))
+            batch = StepBatch(exp=exp, prompts=[p.text for p in rows], responses=tree["responses"], columns=columns_of(rows),
+                              turns=tree.get("turns", []))
             self.ready[tree["step"]] = Produced(tree["step"], batch, tree["stats"], tree["timings"], tree["fillers"])

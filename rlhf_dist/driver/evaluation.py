@@ -25,9 +25,9 @@ from rlhf_dist.config import RunConfig
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.data import Prompt
 from rlhf_dist.driver.remote_calls import Roles
-from rlhf_dist.driver.rounds import generate_and_score
+from rlhf_dist.driver.rounds import generate_and_score, request_for
 from rlhf_dist.errors import UserError
-from rlhf_dist.rollout.requests import Request, request_seed
+from rlhf_dist.rollout.requests import request_seed
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -94,7 +94,7 @@ class Evaluator:
         """Evaluate the generators' current weights; returns the ``eval/*`` metrics."""
         k = self.cfg.eval.samples_per_prompt
         requests = [
-            Request(i, s, p.ids, request_seed(self.cfg.seed, step, i, s, stream="eval"))
+            request_for(i, s, p, request_seed(self.cfg.seed, step, i, s, stream="eval"))
             for i, p in enumerate(self.prompts)
             for s in range(k)
         ]
@@ -108,6 +108,8 @@ class Evaluator:
         }
         if gold is not None:
             metrics["eval/gold_mean"] = float(gold.mean())
+        if samples and samples[0].multi is not None:  # failed trajectories score 0 here, and are counted
+            metrics["eval/error_frac"] = float(scored.failed.float().mean())
         graded = (gold if gold is not None else total).reshape(len(self.prompts), k)
         metrics.update(eval_metrics(graded, k))
         self.write_samples(step, texts, samples, total, gold)

@@ -83,7 +83,8 @@ class Driver:
                                cfg.rollout.tensor_parallel_size, cfg.model.dtype, roles.plan)
         self.rollouts = RolloutPipeline(cfg, roles, prompts, pad_token_id, self.state.sampler,
                                         version=lambda: self.state.policy_version,
-                                        after_generate=lambda: self.set_generators_awake(False))
+                                        after_generate=lambda: self.set_generators_awake(False),
+                                        errors_path=run_dir / "rollout_errors.jsonl" if run_dir is not None else None)
         self.evaluator = Evaluator(cfg, eval_prompts or [], roles, run_dir, metrics)
         self.ray_metrics = RayMetricsExporter(cfg.name)
         self.timings: dict[str, float] = {}
@@ -382,7 +383,8 @@ class Driver:
         if not every or step % every:
             return
         rows = [
-            {"prompt": batch.prompts[i], "response": batch.responses[i], "reward": float(batch.exp.scores[i])}
+            {"prompt": batch.prompts[i], "response": batch.responses[i], "reward": float(batch.exp.scores[i]),
+             **(batch.turns[i] if batch.turns else {})}
             for i in range(min(4, batch.exp.batch_size))
         ]
         self.metrics.log_samples(step, rows)

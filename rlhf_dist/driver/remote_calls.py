@@ -137,14 +137,16 @@ def shards(items: list[T], workers: int) -> list[list[T]]:
     return out
 
 
-def generate_on(generators: list[Any], requests: list[Any], sampling: Any, role: str = "rollout") -> list[Any]:
-    """Sample every request on the generators; returns the samples in request order.
+def generate_on(generators: list[Any], requests: list[Any], sampling: Any, role: str = "rollout",
+                step: int = 0) -> list[Any]:
+    """Sample every request on the generators (play its trajectory, in a multi-turn run: ``step``
+    seeds the envs); returns the samples in request order.
 
     Requests are dealt round-robin, so a prompt's samples (adjacent requests) spread over the
     engines when there are several, and each engine's batch stays full.
     """
     per_worker = [requests[w :: len(generators)] for w in range(len(generators))]
-    results = gather([g.generate.remote(reqs, sampling) for g, reqs in zip(generators, per_worker) if reqs], role)
+    results = gather([g.generate.remote(reqs, sampling, step) for g, reqs in zip(generators, per_worker) if reqs], role)
     by_key = {(s.prompt_index, s.sample_index): s for part in results for s in part}
     return [by_key[(r.prompt_index, r.sample_index)] for r in requests]
 
@@ -158,8 +160,7 @@ def score_on(scorers: list[Any], prompts: list[str], responses: list[str], colum
         if size:
             stop = start + size
             part = {name: values[start:stop] for name, values in columns.items()}
-            ids = None if extras is None or extras.completion_ids is None else extras.completion_ids[start:stop]
-            shard_extras = None if extras is None else Extras(ids, extras.step)
+            shard_extras = None if extras is None else extras.part(start, stop)
             calls.append(scorer.score.remote(prompts[start:stop], responses[start:stop], part, shard_extras))
         start += size
     results = gather(calls, role)

@@ -22,12 +22,14 @@ from rlhf_dist.experience import Experience
 
 
 def last_token_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) with each sequence's score at its last response token, 0 elsewhere."""
-    lengths = mask.sum(-1).long()
+    """(B, T) with each sequence's score at its last masked token (its last response token; in a
+    multi-turn batch, its last model token), 0 elsewhere."""
+    columns = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    last = torch.where(mask != 0, columns, 0).amax(dim=-1) if mask.shape[1] else mask.new_zeros(mask.shape[0]).long()
     out = torch.zeros_like(mask, dtype=scores.dtype)
-    has_tokens = lengths > 0
+    has_tokens = last > 0
     rows = torch.arange(mask.shape[0])[has_tokens]
-    out[rows, lengths[has_tokens] - 1] = scores[has_tokens]
+    out[rows, last[has_tokens] - 1] = scores[has_tokens]
     return out
 
 
@@ -40,7 +42,7 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
     driver computed them (async), else the rollout engine's. Returns KL statistics: ``kl/mean`` is the batch
     mean of each sequence's summed KL (nats per sequence) with the configured estimator.
     """
-    mask = exp.response_mask
+    mask = exp.action_mask
     # Async: the learner's own (proximal) log-probs, not the stale ones of the engine that sampled.
     policy_logp = exp.old_logprobs if exp.old_logprobs is not None else exp.rollout_logprobs
     kl = kl_estimate(policy_logp, exp.ref_logprobs, algo.kl.kind, mask)
@@ -48,12 +50,12 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
     penalty = kl_coef * kl if algo.kl.mode == "reward" else torch.zeros_like(kl)
     scores = exp.scores.float()
     if algo.name == "ppo":
-        exp.token_rewards = last_token_scores(scores, mask) - penalty
+        exp.token_rewards = _token_rewards(exp, scores, mask) - penalty
         advantages, exp.returns = gae(exp.token_rewards, exp.values, mask, algo.gamma, algo.lam)
         exp.advantages = masked_whiten(advantages, mask) if algo.whiten_advantages else advantages
     elif algo.name == "reinforce_pp":
         # REINFORCE++: KL-penalised token rewards, gamma = 1 returns, batch-whitened advantages.
-        exp.token_rewards = last_token_scores(scores, mask) - penalty
+        exp.token_rewards = _token_rewards(exp, scores, mask) - penalty
         returns, _ = gae(exp.token_rewards, torch.zeros_like(mask), mask, gamma=1.0, lam=1.0)
         exp.advantages = masked_whiten(returns, mask)
     else:
@@ -76,3 +78,13 @@ def compute_advantages(exp: Experience, algo: AlgorithmConfig, kl_coef: float, g
         "advantages/mean": float(masked_mean(exp.advantages, mask)),
         "advantages/abs_mean": float(masked_mean(exp.advantages.abs(), mask)),
     }
+
+
+def _token_rewards(exp: Experience, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) rewards per token before the KL: the score at the last model token; in a multi-turn
+    batch each env turn reward at its turn's last model token, and the rest of the score (the reward
+    components) at the trajectory's last model token."""
+    if exp.turn_rewards is None:
+        return last_token_scores(scores, mask)
+    turns = exp.turn_rewards.float()
+    return last_token_scores(scores - turns.sum(-1), mask) + turns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -74,6 +75,19 @@ def env_tools(env: Any) -> list[Tool]:
         member = getattr(type(env), name, None)
         if callable(member) and getattr(member, _TOOL_MARK, False):
             found.append(Tool.from_function(getattr(env, name), f"{type(env).__name__}.{name}"))
+    return found
+
+
+def class_tools(cls: type) -> list[Tool]:
+    """The tools an env class offers, for their schemas before any env exists: each marked method bound
+    to a stand-in object, so that ``self`` is not a parameter. Calls go to each trajectory's env
+    (:func:`env_tools`)."""
+    stand_in = object()
+    found = []
+    for name in dir(cls):
+        member = getattr(cls, name, None)
+        if callable(member) and getattr(member, _TOOL_MARK, False):
+            found.append(Tool.from_function(types.MethodType(member, stand_in), f"{cls.__name__}.{name}"))
     return found
 
 

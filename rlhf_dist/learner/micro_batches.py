@@ -119,7 +119,8 @@ class MicroBatch:
         but it runs the same forward and backward as a real micro-batch."""
         if not self.rows:
             part = _cut(exp.select(slice(0, 1)), exp.prompt_ids.shape[1] - 1, 1)
-            return dataclasses.replace(part, response_mask=torch.zeros_like(part.response_mask))
+            none = {"model_mask": torch.zeros_like(part.model_mask)} if part.model_mask is not None else {}
+            return dataclasses.replace(part, response_mask=torch.zeros_like(part.response_mask), **none)
         return _cut(exp.select(torch.tensor(self.rows)), self.prompt_start, self.response_end)
 
     def cut(self, x: torch.Tensor) -> torch.Tensor:

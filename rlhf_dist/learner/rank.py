@@ -160,7 +160,7 @@ class Learner:
         self._positions = [0, 0]
         if shard.old_logprobs is None:
             shard = dataclasses.replace(shard, old_logprobs=self.logprobs(shard))
-        mask = shard.response_mask
+        mask = shard.action_mask  # the mismatch is over the tokens the engine sampled
         diff = torch.where(mask.bool(), (shard.old_logprobs - shard.rollout_logprobs).abs(), 0.0)
         weights, is_stats = importance_weights(shard.old_logprobs, shard.rollout_logprobs, shard.loss_mask,
                                                self.is_correction, self.cfg.algorithm.is_cap, self.cfg.algorithm.is_level)

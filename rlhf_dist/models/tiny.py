@@ -34,9 +34,14 @@ SPEC_FILE = "tiny.json"  # the spec and seed a tiny model was made from, to tell
 
 # The tiny tokenizer's chat template: role tags in plain text (the byte-level BPE encodes any text),
 # the template writes BOS, and eos closes every turn, so a model trained on chats learns to stop
-# where an assistant turn ends. The generation prompt is the assistant's tag.
+# where an assistant turn ends. The generation prompt is the assistant's tag. With `tools=` (multi-turn
+# runs), a system turn first names each tool and its parameters and shows the hermes call format; tool
+# results are turns of the role `tool`, as any other role.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{{ bos_token }}{% if tools %}<|system|>\ntools:{% for t in tools %} {{ t['function']['name'] }}("
+    "{{ t['function']['parameters']['properties'] | join(', ') }}){% endfor %}. call: <tool_call>"
+    '{"name": ..., "arguments": {...}}</tool_call>{{ eos_token }}{% endif %}'
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 

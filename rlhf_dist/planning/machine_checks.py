@@ -9,6 +9,7 @@ by ``HUB_TIMEOUT_S`` for all of them together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -231,6 +232,12 @@ def python_binding_problem(spec: str, setting: str, columns: Mapping[str, Sequen
     except (Exception, SystemExit):  # an import failure: python_function_problem has said it
         return None
     return next((p for source, names in columns.items() if (p := binding.problem(names, source))), None)
+
+
+def on_user_path() -> contextlib.AbstractContextManager[None]:
+    """The current directory and PYTHONPATH on sys.path, as the actors import the user's code."""
+    env_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return _on_path([os.getcwd(), *env_path])
 
 
 @contextmanager

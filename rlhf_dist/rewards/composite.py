@@ -44,8 +44,8 @@ class CompositeReward:
     at the step it broke instead of training on garbage."""
 
     def __init__(self, cfg: RewardConfig) -> None:
-        if not cfg.components:
-            raise UserError("reward.components is empty; add at least one (type: rule|model|python|remote)")
+        # No component is valid where an env gives the rewards (multi-turn; the config check says
+        # where it is not): the total is then 0, and the turn rewards are added by the driver.
         self.components = [_build(f"reward.components.{i}", spec, cfg) for i, spec in enumerate(cfg.components)]
         labels = [c.label for c in self.components]
         repeated = sorted({label for label in labels if labels.count(label) > 1})

@@ -12,6 +12,10 @@ Two styles of function are taken, ours and TRL's:
   ``**kwargs`` gets the other columns and, as TRL passes them, the reward arguments not named, unless
   the function names ``responses`` (our vocabulary: ``**columns`` then holds only columns).
 
+In either style, a multi-turn run's functions may also name ``transcripts`` (each trajectory's
+``{role, content}`` messages) and ``turn_rewards`` (each trajectory's per-turn env rewards); a
+single-turn run passes None for both.
+
 Only columns whose names are identifiers are passed, and a column named like a reward argument is
 shadowed by it. A required parameter that is neither is refused before the run starts, naming it
 and the columns there are (:meth:`Binding.problem`).
@@ -39,6 +43,8 @@ tensor); ``extras`` is an :class:`Extras` (token ids, step) that only Python fun
 ARGUMENTS = ("prompts", "completions", "responses", "completion_ids", "trainer_state")
 """The reward arguments a function may name, besides the dataset columns."""
 _TRL_EXTRAS = ("prompts", "completions", "completion_ids", "trainer_state")  # what TRL puts in **kwargs
+TRAJECTORY_ARGUMENTS = ("transcripts", "turn_rewards")
+"""Multi-turn arguments a function of either style may name (never put in ``**kwargs``)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -90,10 +96,18 @@ def with_columns(fn: Callable[..., Any], where: str) -> BatchFn:
 
 @dataclass(frozen=True)
 class Extras:
-    """The reward arguments beyond texts and columns: response token ids and the step."""
+    """The reward arguments beyond texts and columns: response token ids, the step, and a multi-turn
+    run's transcripts and turn rewards."""
 
     completion_ids: list[list[int]] | None = None
     step: int = 0
+    transcripts: list[list[dict]] | None = None
+    turn_rewards: list[list[float]] | None = None
+
+    def part(self, start: int, stop: int) -> Extras:
+        """The extras of rows ``start:stop``."""
+        cut = (lambda rows: None if rows is None else rows[start:stop])
+        return Extras(cut(self.completion_ids), self.step, cut(self.transcripts), cut(self.turn_rewards))
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,8 @@ class Binding:
         if problem:
             raise RewardError(problem)
         passed = {name: list(values) for name, values in columns.items() if name in self._columns_passed(columns)}
+        trajectory = {"transcripts": extras.transcripts, "turn_rewards": extras.turn_rewards}
+        passed.update({name: trajectory[name] for name in TRAJECTORY_ARGUMENTS if name in self._names})
         if self.positional_pair:
             return [prompts, responses], passed
         values = {
@@ -175,10 +191,12 @@ class Binding:
         return {p.name for p in self.params}
 
     def _required(self) -> list[inspect.Parameter]:
-        return [p for p in self.params if p.default is inspect.Parameter.empty and p.name not in ARGUMENTS]
+        return [p for p in self.params
+                if p.default is inspect.Parameter.empty and p.name not in (*ARGUMENTS, *TRAJECTORY_ARGUMENTS)]
 
     def _columns_passed(self, columns: Sequence[str]) -> set[str]:
         """The columns this function gets: those it names, or every identifier one with **kwargs;
         never one named like a reward argument (or, ours, like the pair's parameters)."""
-        usable = {c for c in columns if c.isidentifier() and c not in ARGUMENTS and c not in self.pair_names}
+        usable = {c for c in columns if c.isidentifier() and c not in (*ARGUMENTS, *TRAJECTORY_ARGUMENTS)
+                  and c not in self.pair_names}
         return usable if self.var_kwargs else usable & self._names

@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rlhf_dist.rollout.trajectory import EnvFailure, Trajectory
 
@@ -43,6 +43,10 @@ class Outcome:
     trajectory: Trajectory | None
     errors: list[dict] = field(default_factory=list)
 
+    @property
+    def failed(self) -> bool:
+        return self.trajectory is None
+
 
 def play_sample(play: Callable[[int], Trajectory], where: dict[str, int], retries: int) -> Outcome:
     """``play(attempt)`` until one attempt finishes, at most ``1 + retries`` times. ``where`` holds the
@@ -61,7 +65,9 @@ def error_record(where: dict[str, int], attempt: int, failure: EnvFailure, secon
     transcript = failure.trajectory.transcript if failure.trajectory is not None else []
     return {
         **where, "attempt": attempt, "turn": failure.turn, "phase": failure.phase,
-        "error": {"type": type(failure.error).__name__, "message": str(failure.error)},
+        # an isolated env's error names the exception raised in its process (``kind``, ``message``)
+        "error": {"type": getattr(failure.error, "kind", type(failure.error).__name__),
+                  "message": getattr(failure.error, "message", str(failure.error))},
         "traceback": failure.trace, "transcript": transcript, "seconds": round(seconds, 3),
     }
 
@@ -70,18 +76,28 @@ class RolloutFailures(Exception):
     """Too many trajectories of a step failed for the step to mean anything: the run stops."""
 
 
-def kept_groups(groups: list[list[Outcome]]) -> list[int]:
+class Attempted(Protocol):
+    """A sample after its attempts, as far as the error budget cares: an `Outcome` here, a sample's
+    `TurnInfo` on the driver."""
+
+    @property
+    def failed(self) -> bool: ...
+
+    errors: list[dict]
+
+
+def kept_groups(groups: list[list[Attempted]]) -> list[int]:
     """The groups every sample of which finished (a group with a failed sample is dropped whole)."""
-    return [g for g, outcomes in enumerate(groups) if all(o.trajectory is not None for o in outcomes)]
+    return [g for g, outcomes in enumerate(groups) if not any(o.failed for o in outcomes)]
 
 
-def check_error_budget(groups: list[list[Outcome]], max_error_frac: float, first_step: bool, env_name: str,
+def check_error_budget(groups: list[list[Attempted]], max_error_frac: float, first_step: bool, env_name: str,
                        errors_file: str) -> None:
     """Raise `RolloutFailures` (one paragraph: the env, the exception, the first failing trajectory and
     the errors file) when the step's failed share passes ``max_error_frac``, or when every trajectory
     of the first step failed."""
     outcomes = [o for group in groups for o in group]
-    failed = [o for o in outcomes if o.trajectory is None]
+    failed = [o for o in outcomes if o.failed]
     if not failed or (len(failed) / len(outcomes) <= max_error_frac and not (first_step and len(failed) == len(outcomes))):
         return
     first = failed[0].errors[-1]

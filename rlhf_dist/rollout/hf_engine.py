@@ -54,9 +54,11 @@ class HFEngine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(r.seed) for r in requests]
         done = torch.zeros(len(requests), dtype=torch.bool, device=self.device)
+        caps = [min(sampling.max_new_tokens, r.max_tokens or sampling.max_new_tokens) for r in requests]
+        capped = torch.tensor(caps, device=self.device)
         tokens, logps = [], []
         past, step_ids = None, ids
-        for _ in range(sampling.max_new_tokens):
+        for k in range(max(caps)):
             positions = (mask.cumsum(1) - 1).clamp_min(0)[:, -step_ids.shape[1]:]
             out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
             past = out.past_key_values
@@ -68,14 +70,15 @@ class HFEngine:
                 nxt = torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
             tokens.append(torch.where(done, pad, nxt))
             logps.append(log_probs.gather(-1, nxt[:, None])[:, 0])
-            done = done | (nxt == eos)
+            done = done | (nxt == eos) | (capped <= k + 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step_ids = nxt[:, None]
             if done.all():
                 break
         token_rows, logp_rows = torch.stack(tokens, 1).tolist(), torch.stack(logps, 1).tolist()
         samples = []
-        for request, row, lp in zip(requests, token_rows, logp_rows):
+        for request, row, lp, cap in zip(requests, token_rows, logp_rows, caps):
+            row = row[:cap]
             length = row.index(eos) + 1 if eos in row else len(row)
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
             samples.append(Sample(request.prompt_index, request.sample_index, row[:length], lp[:length], text,

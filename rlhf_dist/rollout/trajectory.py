@@ -51,7 +51,9 @@ class EnvFailure(Exception):
     def __init__(self, phase: str, turn: int, error: BaseException, trajectory: Trajectory | None):
         super().__init__(f"{phase} at turn {turn}: {type(error).__name__}: {error}")
         self.phase, self.turn, self.error, self.trajectory = phase, turn, error, trajectory
-        self.trace = "".join(traceback.format_exception(type(error), error, error.__traceback__)[-4:])
+        # An error from an isolated env's process carries the child's traceback (and type name, ``kind``).
+        self.trace = getattr(error, "trace", None) or "".join(
+            traceback.format_exception(type(error), error, error.__traceback__)[-4:])
 
 
 def call_within(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -89,6 +91,8 @@ class Trajectory:
     tool_errors: int = 0
     tool_timeouts: int = 0
     parse_errors: int = 0
+    env_seconds: float = 0.0  # spent in the env's reset and steps
+    tool_seconds: float = 0.0  # spent in tool calls
 
     @property
     def final_reply(self) -> str:
@@ -99,17 +103,22 @@ class Trajectory:
 def run_trajectory(
     prompt_ids: list[int], messages: list[dict], sample: Sampler, tokenizer: Any, probe: TemplateProbe,
     limits: Limits, parse: Callable[[str], ParsedTurn], tools: list[Tool], env: Any = None,
+    gate: threading.Semaphore | None = None,
 ) -> Trajectory:
     """Play one trajectory from its rendered prompt (``prompt_ids``, ``messages``) to a stop. An env's
     ``reset()`` answer joins the prompt's messages, which are then rendered again (all of it is
-    prompt text, none the model's)."""
+    prompt text, none the model's). ``gate`` bounds the env and tool calls in flight across the
+    trajectories that share it."""
     by_name = {t.name: t for t in tools}
     deadline = time.monotonic() + limits.trajectory_timeout_s
-    first = _env_call(env.reset, "reset", 0, limits, None) if env is not None else None
+    outside = _Outside(limits, gate)
+    started = time.monotonic()
+    first = outside.env(env.reset, "reset", 0, None) if env is not None else None
     if first is not None:  # what reset returns follows the prompt, before the first generation prompt
         messages = [*messages, *_as_messages(first, "user")]
         prompt_ids = probe.prompt_ids(messages)
     run = Trajectory(Tape.from_prompt(prompt_ids), list(messages))
+    run.env_seconds = time.monotonic() - started if env is not None else 0.0
     while True:
         if time.monotonic() > deadline:
             raise EnvFailure("timeout", run.turns, TimeoutError(
@@ -133,7 +142,7 @@ def run_trajectory(
         run.tape.add(closing, "template")
         turn = parse(reply) if by_name else ParsedTurn()
         if turn.made_a_call:
-            answers = _call_tools(run, turn, by_name, limits.tool_timeout_s)
+            answers = outside.tools(run, turn, by_name)
             if not _append(run, [{"role": "tool", "content": a} for a in answers], "tool", probe, tokenizer, limits):
                 run.stop = "max_tokens"
                 return run
@@ -141,8 +150,8 @@ def run_trajectory(
         if env is None:
             run.stop = "no_tool_call"
             return run
-        step = _env_call(lambda: as_step(finish(env.step(reply)), f"{type(env).__name__}.step"), "step", run.turns,
-                         limits, run)
+        step = outside.env(lambda: as_step(finish(env.step(reply)), f"{type(env).__name__}.step"), "step",
+                           run.turns, run)
         run.turn_rewards[-1] += step.reward
         if step.done:
             run.stop = "done"
@@ -153,35 +162,55 @@ def run_trajectory(
             return run
 
 
-def _env_call(fn: Callable[[], Any], phase: str, turn: int, limits: Limits, run: Trajectory | None) -> Any:
-    try:
-        return call_within(fn, limits.env_timeout_s, f"env {phase}")
-    except Exception as exc:
-        raise EnvFailure(phase, turn, exc, run) from exc
+class _Outside:
+    """The env and tool calls of one trajectory: each under its timeout, through the shared gate,
+    timed into the trajectory."""
 
+    def __init__(self, limits: Limits, gate: threading.Semaphore | None):
+        self.limits, self.gate = limits, gate
 
-def _call_tools(run: Trajectory, turn: ParsedTurn, by_name: dict[str, Tool], timeout_s: float) -> list[str]:
-    """Each call's answer as text; what goes wrong is the answer, counted."""
-    answers = []
-    for error in turn.errors:
-        run.parse_errors += 1
-        answers.append(f"error: {error}")
-    for call in turn.calls:
-        run.tool_calls += 1
-        tool = by_name.get(call.name)
-        if tool is None:
-            run.tool_errors += 1
-            answers.append(f"error: unknown tool {call.name!r}; the tools are {sorted(by_name) or 'none'}")
-            continue
+    def _within(self, fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        if self.gate is None:
+            return call_within(fn, timeout_s, what)
+        with self.gate:
+            return call_within(fn, timeout_s, what)
+
+    def env(self, fn: Callable[[], Any], phase: str, turn: int, run: Trajectory | None) -> Any:
+        started = time.monotonic()
         try:
-            answers.append(call_within(lambda: tool.call(call.arguments), timeout_s, f"tool {tool.name}"))
-        except ToolError as exc:
-            run.tool_errors += 1
-            answers.append(f"error: {exc}")
-        except TimeoutError as exc:
-            run.tool_timeouts += 1
-            answers.append(f"error: {exc}")
-    return answers
+            return self._within(fn, self.limits.env_timeout_s, f"env {phase}")
+        except Exception as exc:
+            raise EnvFailure(phase, turn, exc, run) from exc
+        finally:
+            if run is not None:
+                run.env_seconds += time.monotonic() - started
+
+    def tools(self, run: Trajectory, turn: ParsedTurn, by_name: dict[str, Tool]) -> list[str]:
+        """Each call's answer as text; what goes wrong is the answer, counted."""
+        answers = []
+        for error in turn.errors:
+            run.parse_errors += 1
+            answers.append(f"error: {error}")
+        for call in turn.calls:
+            run.tool_calls += 1
+            tool = by_name.get(call.name)
+            if tool is None:
+                run.tool_errors += 1
+                answers.append(f"error: unknown tool {call.name!r}; the tools are {sorted(by_name) or 'none'}")
+                continue
+            started = time.monotonic()
+            try:
+                answers.append(self._within(lambda: tool.call(call.arguments), self.limits.tool_timeout_s,
+                                            f"tool {tool.name}"))
+            except ToolError as exc:
+                run.tool_errors += 1
+                answers.append(f"error: {exc}")
+            except TimeoutError as exc:
+                run.tool_timeouts += 1
+                answers.append(f"error: {exc}")
+            finally:
+                run.tool_seconds += time.monotonic() - started
+        return answers
 
 
 def _append(run: Trajectory, messages: list[dict], source: str, probe: TemplateProbe, tokenizer: Any,
@@ -199,8 +228,12 @@ def _append(run: Trajectory, messages: list[dict], source: str, probe: TemplateP
 
 
 def _cut(message: dict, tokenizer: Any, limit: int) -> dict:
-    ids = tokenizer(message["content"], add_special_tokens=False)["input_ids"]
-    if len(ids) <= limit:
+    text = message["content"]
+    # No token is longer than 64 characters in any tokenizer we know: a longer text is cut before it
+    # is tokenised, so a 10 MB tool answer costs no more than a short one.
+    head = text[: 64 * (limit + 1)]
+    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit and len(head) == len(text):
         return message
     return {**message, "content": tokenizer.decode(ids[:limit]) + CUT_MARKER}
 

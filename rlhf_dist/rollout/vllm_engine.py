@@ -66,6 +66,10 @@ class VLLMEngine:
             **lora_args,
         )
 
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
+
     def sleep(self) -> None:
         """Free GPU memory while colocated learners train: level 1 offloads the weights to CPU
         memory and drops the KV cache. A no-op unless sleep mode is on (colocated, with CUDA)."""
@@ -98,7 +102,7 @@ class VLLMEngine:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k > 0 else 0,
-                max_tokens=sampling.max_new_tokens,
+                max_tokens=min(sampling.max_new_tokens, r.max_tokens or sampling.max_new_tokens),
                 logprobs=0,
                 seed=r.seed,
             )

@@ -38,29 +38,40 @@ def ray_head():
     """{"address": dashboard URL, "metrics": metrics export port, "env": the env a job's CLI runs with}."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
     env.pop("RAY_ADDRESS", None)
+    proc, address, metrics = start_head(env)
+    try:
+        yield {"address": address, "metrics": metrics, "env": env}
+    finally:
+        stop_process_group(proc)
+
+
+def start_head(env: dict, *extra: str) -> tuple[subprocess.Popen, str, int]:
+    """A `ray start --head --block` in its own process group (free ports, 4 CPUs, ``extra`` flags), once its
+    dashboard answers: (process, dashboard URL, metrics export port). Stop it with `stop_process_group`,
+    which touches no other Ray on the machine (tests may run side by side)."""
     dashboard, metrics = free_port(), free_port()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=4",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=5)
-                break
-            except urllib.error.HTTPError:  # it answers (401 where token auth is on): up
-                break
-            except OSError:
-                assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
-                time.sleep(1)
-        yield {"address": address, "metrics": metrics, "env": env}
-    finally:
-        stop_process_group(proc)
+    deadline = time.time() + 180
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"ray start --head stopped: {proc.stderr.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=5)
+            break
+        except urllib.error.HTTPError:  # it answers (401 where token auth is on): up
+            break
+        except OSError:
+            if time.time() > deadline:
+                stop_process_group(proc)
+                raise AssertionError("the head's dashboard did not come up in 180 s")
+            time.sleep(1)
+    return proc, address, metrics
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

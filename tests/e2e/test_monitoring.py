@@ -27,6 +27,7 @@ from launch.ray_auth import auth_headers
 from rlhf_dist.metrics import grafana
 from rlhf_dist.metrics.logger import read_metrics
 from rlhf_dist.weight_sync.group import free_port
+from tests.e2e.conftest import start_head, stop_process_group
 
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[2]
@@ -59,15 +60,9 @@ def monitored_run(tmp_path_factory):
         pytest.skip("needs Debian's prometheus on the PATH (`make test` installs it as root: apt-get install prometheus)")
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     temp = tempfile.mkdtemp(prefix="rm", dir="/tmp")  # short: Ray's socket paths live under it
-    dashboard, prom_port = free_port(), free_port()
-    address, prom_url = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{prom_port}"
-    start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--metrics-export-port={free_port()}", "--num-cpus=4",
-         "--disable-usage-stats", f"--temp-dir={temp}"],
-        capture_output=True, text=True, env=dict(env, RAY_PROMETHEUS_HOST=prom_url), timeout=180,
-    )
-    assert start.returncode == 0, start.stderr[-2000:]
+    prom_port = free_port()
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    head, address, _ = start_head(dict(env, RAY_PROMETHEUS_HOST=prom_url), f"--temp-dir={temp}")
     monitor = subprocess.Popen(
         # No --temp-dir: the head says where its session is, even under the --temp-dir it started with.
         [sys.executable, "-m", "launch", "monitor", "--address", address, "--prometheus-port", str(prom_port)],
@@ -102,7 +97,7 @@ def monitored_run(tmp_path_factory):
                 os.kill(int(started.group(1)), signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_process_group(head)  # this head only: other tests' Ray may run beside it
         shutil.rmtree(temp, ignore_errors=True)
 
 

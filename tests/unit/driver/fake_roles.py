@@ -51,7 +51,7 @@ class _Actor:
 class FakeGenerator(_Actor):
     """Response of prompt i, sample s: ``2 + (i + s) % 3`` tokens of id ``10 + i``, log-prob -0.5 each."""
 
-    def generate(self, requests, sampling) -> list[Sample]:
+    def generate(self, requests, sampling, step=0) -> list[Sample]:
         self.calls.append("generate")
         out = []
         for r in requests:

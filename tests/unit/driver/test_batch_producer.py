@@ -95,7 +95,7 @@ def produce_with(p: RolloutPipeline, rounds: list[ScoredRound]) -> Produced:
     """`produce` over in-process roles that answer with the given rounds, one per sampling round (the
     sampler draws each round's prompts); what is left in ``rounds`` afterwards was never sampled."""
     queue = rounds
-    generator = SimpleNamespace(generate=lambda requests, sampling: queue[0].samples)
+    generator = SimpleNamespace(generate=lambda requests, sampling, step=0: queue[0].samples)
     scorer = SimpleNamespace(score=lambda prompts, responses, columns, extras=None: queue.pop(0).rewards)
     p.roles = Roles(rollout=[handle(generator)], reward=[handle(scorer)], reference=[], learners=[])
     p.sampler = SimpleNamespace(next_batch=lambda n: sorted({s.prompt_index for s in queue[0].samples}))
