@@ -48,8 +48,9 @@ def _serve(conn: Any) -> None:
         except EOFError:
             return
         try:
-            if op == "make":
+            if op == "make":  # a new trajectory's env (None: tools only, or back to the idle pool)
                 cls_path, row, env_args, seed = args
+                env = None
                 if cls_path is not None:
                     env = load_python_function(cls_path)(row, **env_args)
                     env.seed = seed
@@ -82,23 +83,50 @@ class RemoteError(Exception):
         self.kind, self.message, self.trace = kind, message, trace
 
 
+_IDLE: list[tuple[Connection, subprocess.Popen]] = []  # healthy children between trajectories
+_IDLE_LOCK = threading.Lock()
+MAX_IDLE = 64
+
+
 class EnvProcess:
-    """One child process: calls with a timeout, killed past it or replaced after a death (``fresh``)."""
+    """One trajectory's child process: calls with a timeout, killed past it or replaced after a death.
+    Children are reused: a trajectory that ends with its child healthy hands it back (`release`)."""
 
     def __init__(self, make: tuple):
         self._make, self._lock = make, threading.Lock()
         self._start()
 
     def _start(self) -> None:
-        # A new interpreter (never a fork of a process holding an engine's threads), with this
-        # process's import path, so the user's env module imports there as it does here.
-        self._conn, child = Pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen([sys.executable, "-m", "rlhf_dist.rollout.isolation", str(child.fileno())],
-                                      pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
-        child.close()
+        with _IDLE_LOCK:
+            idle = _IDLE.pop() if _IDLE else None
+        if idle is not None and idle[1].poll() is None:
+            self._conn, self._proc = idle
+        else:
+            # A new interpreter (never a fork of a process holding an engine's threads), with this
+            # process's import path, so the user's env module imports there as it does here.
+            self._conn, child = Pipe()
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            self._proc = subprocess.Popen([sys.executable, "-m", "rlhf_dist.rollout.isolation", str(child.fileno())],
+                                          pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            child.close()
         self.lost = False  # the env's state is gone (killed or died): env calls fail from now on
         self._call("make", self._make, timeout_s=120.0)
+
+    def release(self) -> None:
+        """The trajectory is over: a healthy child drops its env and waits for the next one; any
+        other is killed."""
+        with self._lock:
+            if not self.lost:
+                try:
+                    self._call("make", (None, {}, {}, 0), timeout_s=10.0)
+                except Exception:  # noqa: BLE001 - a child that cannot drop its env is not reused
+                    self.kill()
+            with _IDLE_LOCK:
+                if not self.lost and len(_IDLE) < MAX_IDLE:
+                    _IDLE.append((self._conn, self._proc))
+                    self.lost, self._proc = True, None  # this handle no longer owns the child
+                    return
+            self.kill()
 
     def call(self, op: str, args: tuple, timeout_s: float, env_call: bool) -> Any:
         """``op`` in the child; an env call after a kill or death fails (its env is gone), a plain
@@ -126,6 +154,8 @@ class EnvProcess:
 
     def kill(self) -> None:
         self.lost = True
+        if self._proc is None:  # handed back to the idle pool
+            return
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait(timeout=5)
@@ -150,10 +180,7 @@ class IsolatedEnv:
         return self._method("step", reply)
 
     def close(self) -> None:
-        try:
-            self._method("close")
-        finally:
-            self.process.kill()
+        self._method("close")
 
 
 def isolated_tools(process: EnvProcess, tool_paths: list[str], env_cls: type | None, tools: list[Tool],

@@ -223,7 +223,7 @@ class TrajectoryPlayer:
                     raise EnvFailure("close", run.turns, exc, run) from exc
             return run
         finally:
-            env.process.kill()
+            env.process.release()
 
     def _play(self, request: Request, sampling: SamplingConfig, attempt: int, server: TurnServer, env: Any,
               tools: list[Tool]) -> Trajectory:

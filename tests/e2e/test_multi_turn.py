@@ -1,0 +1,101 @@
+"""Multi-turn runs as a user starts them (in-process `train` on one shared local Ray, the hf engine):
+the mask canary (env text never trained on, and a leaked mask caught), chaos that stays inside its
+trajectories, and an env that always fails stopping the first step with its paragraph."""
+
+import json
+
+import pytest
+import torch
+
+from launch.run import train
+from rlhf_dist.config import load_config
+from rlhf_dist.driver import batch_producer
+from rlhf_dist.driver.remote_calls import RunFailed
+from rlhf_dist.models.loading import load_causal_lm, load_tokenizer
+from tests.e2e.multi_turn_envs import PHRASE
+
+ENVS = "tests.e2e.multi_turn_envs"
+BASE = ["rollout.engine=hf", "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "learner.mini_batch_size=16",
+        "rollout.sampling.max_new_tokens=8", "logging.tensorboard=false", "checkpoint.every=0", "reward.components=[]",
+        "reward.gold=null", "rollout.multi_turn.max_turns=2", "eval.every=0"]
+
+
+def phrase_logprob(policy_dir: str) -> float:
+    """log p(PHRASE) as the env's message after a first reply, under the policy in ``policy_dir``."""
+    tok = load_tokenizer(policy_dir, False)
+    model = load_causal_lm(policy_dir, "float32", False).eval()
+    chat = [{"role": "user", "content": "write letters: a banana"}, {"role": "assistant", "content": "banana"}]
+    context = tok(tok.apply_chat_template(chat, tokenize=False) + "<|user|>\n", add_special_tokens=False)["input_ids"]
+    phrase = tok(PHRASE, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context + phrase])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    return float(logps.gather(-1, ids[0, 1:, None])[-len(phrase):].sum())
+
+
+def canary_run(path, steps=10):
+    cfg = load_config(None, [*BASE, f"steps={steps}", f"rollout.multi_turn.env={ENVS}:CanaryEnv"])
+    result = train(cfg, path, progress=False)
+    return result, phrase_logprob(str(path / "tiny-model" / "policy")), phrase_logprob(str(path / "final"))
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory, local_ray):
+    return canary_run(tmp_path_factory.mktemp("canary") / "run")
+
+
+def test_env_text_is_never_trained_on(canary):
+    result, before, after = canary
+    rewards = [r["reward/mean"] for r in result.records]
+    assert sum(rewards[-3:]) > sum(rewards[:3]), "the run must learn (its first turn's share of a)"
+    assert after - before < 0.5, f"log p(env phrase) rose from {before:.2f} to {after:.2f}: env tokens were trained on"
+    record = result.records[-1]
+    assert record["rollout/turns_mean"] == 2.0 and record["rollout/stop/done"] == 32.0
+    assert 0 < record["rollout/obs_token_frac"] < 1 and record["rollout/logprob_abs_diff"] < 1e-5
+
+
+def test_a_leaked_mask_is_caught_by_the_canary(canary, tmp_path, monkeypatch):
+    """The same run with the model mask replaced by every response token (the bug the canary is
+    for): the env's phrase, which follows good replies, is learned."""
+    real = batch_producer.turn_tensors
+
+    def leaked(samples, width):
+        mask, rewards = real(samples, width)
+        lengths = torch.tensor([len(s.response_ids) for s in samples])
+        return (torch.arange(width)[None, :] < lengths[:, None]).float(), rewards
+
+    monkeypatch.setattr(batch_producer, "turn_tensors", leaked)
+    _, before, after = canary_run(tmp_path / "leaked")
+    _, masked_before, masked_after = canary
+    assert after - before > 2.0 and after - before > 4 * (masked_after - masked_before), (before, after)
+
+
+def test_chaos_stays_inside_its_trajectories(tmp_path, local_ray):
+    """An env that raises in 10% of its steps and kills its own process in 2% (process isolation):
+    twenty steps finish, every failed attempt is recorded, no failed trajectory is trained on, and
+    the task still learns."""
+    cfg = load_config(None, [*BASE, "steps=20", "rollout.multi_turn.max_turns=1", "rollout.multi_turn.isolation=process",
+                             f"rollout.multi_turn.env={ENVS}:ChaosEnv", "rollout.multi_turn.env_args={exit_frac: 0.02}",
+                             "rollout.multi_turn.errors.retries=1", "rollout.multi_turn.errors.max_error_frac=0.5"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    records = result.records
+    assert len(records) == 20
+    errors = [json.loads(line) for line in (tmp_path / "run" / "rollout_errors.jsonl").read_text().splitlines()]
+    assert sum(r["rollout/env_errors"] for r in records) == len(errors) > 0
+    kinds = {e["error"]["type"] for e in errors}
+    assert kinds == {"RuntimeError", "ChildDied"}, kinds
+    assert all(e["phase"] == "step" and e["traceback"] and e["seconds"] >= 0 for e in errors)
+    assert sum(r["rollout/dropped_groups"] for r in records) >= 0
+    rewards = [r["reward/mean"] for r in records]
+    assert sum(rewards[-5:]) / 5 > 1.5 * sum(rewards[:5]) / 5, rewards
+
+
+def test_an_env_that_always_fails_stops_the_first_step_with_one_paragraph(tmp_path, local_ray):
+    cfg = load_config(None, [*BASE, "steps=3", f"rollout.multi_turn.env={ENVS}:BrokenEnv"])
+    with pytest.raises(RunFailed) as raised:
+        train(cfg, tmp_path / "run", progress=False)
+    message = str(raised.value)
+    assert "32 of 32 trajectories failed at step 0" in message and "and it is the first step" in message
+    assert f"{ENVS}:BrokenEnv raised ValueError: this env cannot start: no board file in reset" in message
+    errors = (tmp_path / "run" / "rollout_errors.jsonl").read_text().splitlines()
+    assert len(errors) == 64  # 32 trajectories, each tried twice (errors.retries=1)
