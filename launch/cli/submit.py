@@ -63,10 +63,10 @@ def add_job_parsers(commands, address_args: Callable[[argparse.ArgumentParser], 
         job = kinds.add_parser(kind, help=f"submit {what}", epilog=SUBMIT_EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         if kind == "demo":
-            job.add_argument("recipe", nargs="?", default="preference", choices=("preference", "arithmetic"),
+            job.add_argument("recipe", nargs="?", default="preference", choices=("preference", "arithmetic", "tools"),
                              help="as for `rlhf-dist demo` (default: preference)")
             job.add_argument("--small", action="store_true", help="the smaller, faster version")
-            job.add_argument("--seed", type=int, default=0, help="arithmetic: seed of the data split, model and run")
+            job.add_argument("--seed", type=int, default=0, help="arithmetic, tools: seed of the data split, model and run")
         else:
             job.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
                              help=f"the {kind} config, as for `rlhf-dist {kind}` (checked here first), then dotted overrides")

@@ -26,6 +26,7 @@ from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.data import Prompt
 from rlhf_dist.driver.remote_calls import Roles
 from rlhf_dist.driver.rounds import generate_and_score, request_for
+from rlhf_dist.driver.trajectories import sample_fields
 from rlhf_dist.errors import UserError
 from rlhf_dist.rollout.requests import request_seed
 
@@ -119,6 +120,8 @@ class Evaluator:
         rows = []
         for i, (prompt, sample) in enumerate(zip(prompts, samples)):
             rows.append({"step": step, "prompt": prompt, "response": sample.text, "reward": float(total[i])})
+            if sample.multi is not None and not sample.multi.failed:
+                rows[-1].update(sample_fields(sample))
             if gold is not None:
                 rows[-1]["gold"] = float(gold[i])
         if self.path is not None:

@@ -66,8 +66,9 @@ def synthetic_corpus(num_lines: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def train_tokenizer(vocab_size: int = 512, seed: int = 0):
-    """A byte-level BPE tokenizer trained on :func:`synthetic_corpus`; any text encodes.
+def train_tokenizer(vocab_size: int = 512, seed: int = 0, extra_corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained on :func:`synthetic_corpus` (and ``extra_corpus``, lines of a
+    task's own text, such as tool calls, so that it gets tokens of its own); any text encodes.
 
     Returns a ``PreTrainedTokenizerFast`` with pad, bos and eos tokens and :data:`CHAT_TEMPLATE`;
     encoding prepends bos.
@@ -84,7 +85,7 @@ def train_tokenizer(vocab_size: int = 512, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(synthetic_corpus(seed=seed), trainer)
+    tokenizer.train_from_iterator(synthetic_corpus(seed=seed) + list(extra_corpus or []), trainer)
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
@@ -119,14 +120,16 @@ def tiny_model_config(spec: TinyModelConfig, tokenizer, num_labels: int | None =
 
 
 def make_tiny(
-    out_dir: str | Path, spec: TinyModelConfig | None = None, seed: int = 0, replace: bool = False
+    out_dir: str | Path, spec: TinyModelConfig | None = None, seed: int = 0, replace: bool = False,
+    extra_corpus: list[str] | None = None,
 ) -> TinyModelPaths:
     """Write a random-init policy and reward model, each with the same local tokenizer, and
     ``tiny.json`` (the spec and seed they were made from).
 
     Everything is built in a temporary sibling and renamed into place, so ``out_dir`` is never
     half a model. An existing non-empty ``out_dir`` is replaced only when it is an earlier tiny
-    model, or with ``replace``; anything else is refused untouched.
+    model, or with ``replace``; anything else is refused untouched. ``extra_corpus``: lines of a task's
+    own text for the tokenizer's training (a demo's tool calls).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -136,7 +139,7 @@ def make_tiny(
     if out.exists() and not replace and not _is_tiny_dir(out) and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} is not empty and is not a tiny model; pick a new or empty directory")
     paths = TinyModelPaths(policy=out / "policy", reward=out / "reward")
-    tokenizer = train_tokenizer(spec.vocab_size, seed=seed)
+    tokenizer = train_tokenizer(spec.vocab_size, seed=seed, extra_corpus=extra_corpus)
     torch.manual_seed(seed)
     policy = AutoModelForCausalLM.from_config(tiny_model_config(spec, tokenizer)).float()
     torch.manual_seed(seed + 1)

@@ -8,6 +8,7 @@ log-probs cover response tokens only.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,7 +131,11 @@ def sft_examples(rows: Table | Sequence[dict[str, Any]], tokenizer, cfg: StageDa
     examples, truncated, skipped = [], 0, 0
     for i in range(len(table)):
         prompt_part, reply = sft_row(table, i, cfg, layout)
-        prompt, (response,) = _encode(tokenizer, renderer, prompt_part, [reply], table.where(i))
+        # A chat row may carry the JSON schemas of its tools (TRL's ``tools`` column): the template
+        # renders them, as a multi-turn run's prompts are rendered with rollout.multi_turn.tools.
+        tools = table[i].get("tools") if isinstance(prompt_part, list) else None
+        row_renderer = dataclasses.replace(renderer, tools=tools) if tools else renderer
+        prompt, (response,) = _encode(tokenizer, row_renderer, prompt_part, [reply], table.where(i))
         fitted = _fit(prompt, [response], cfg)
         if fitted is None:
             skipped += 1

@@ -187,7 +187,7 @@ def test_a_head_without_a_job_agent_yet_is_retried_with_a_line(jobs, monkeypatch
     monkeypatch.setattr(launch.jobs, "AGENT_RETRY_S", 0.01)
     assert main(["submit", "train", "--run-dir", "/shared/r", "--python", jobs.python]) == 0
     err = capsys.readouterr().err
-    assert err.count("has no job agent yet (it is starting); retrying for up to 60 s") == 1 and not answers
+    assert err.count("has no job agent yet (it is starting); retrying for up to 180 s") == 1 and not answers
 
 
 def test_the_users_project_travels_checked_and_within_its_size(jobs, tmp_path, capsys):
