@@ -52,6 +52,7 @@ class Panel:
     stacked: bool = False
     right_unit: str = "none"  # unit of the queries drawn against the right axis
     width: int = 12  # of Grafana's 24 columns
+    multi_turn: bool = False  # the multi-turn row: empty for a single-turn run
 
 
 PANELS: tuple[Panel, ...] = (
@@ -83,7 +84,7 @@ PANELS: tuple[Panel, ...] = (
        "learner/behaviour and the share of tokens at the cap. Empty for on-policy runs without correction.",
        right_unit="percentunit"),
     Panel("Time per phase", "s", (
-        Query(family("timing", ("step", "overhead_frac")), "{{part}} {{run}}"),
+        Query(family("timing", ("step", "overhead_frac", "env", "tools")), "{{part}} {{run}}"),
     ), "Seconds per step in each phase, stacked: generate, score, reference, values, advantages, train, sync, "
        "eval. Under async rollouts generate, score and reference overlap train.", stacked=True),
     Panel("Throughput", "none", (
@@ -108,15 +109,44 @@ PANELS: tuple[Panel, ...] = (
         Query(series("monitor/hacking_alarm"), "alarm {{run}}"),
     ), "1 when, over the last monitor.window steps, the proxy reward rose while the gold reward did not "
        "(or the KL left its budget); 0 otherwise.", width=24),
+    # -- multi-turn (rollout.multi_turn): empty for single-turn runs
+    Panel("Multi-turn: turns and tool calls", "none", (
+        Query(series("rollout/turns_mean"), "turns (mean) {{run}}"),
+        Query(series("rollout/turns_max"), "turns (max) {{run}}"),
+        Query(series("rollout/tool_calls_mean"), "tool calls per trajectory {{run}}"),
+    ), "Model turns per trajectory and tool calls per trajectory, over the step's finished trajectories.",
+       multi_turn=True),
+    Panel("Multi-turn: why trajectories stopped", "none", (
+        Query(family("rollout/stop"), "{{part}} {{run}}"),
+    ), "Trajectories of the step by stop: done (the env said so), max_turns, max_tokens, no_tool_call, and the "
+       "failed ones: timeout and error.", stacked=True, multi_turn=True),
+    Panel("Multi-turn: failures", "none", (
+        Query(series("rollout/error_frac"), "failed share {{run}}", right_axis=True),
+        Query(series("rollout/dropped_groups"), "dropped groups {{run}}"),
+        Query(series("rollout/env_errors"), "failed attempts {{run}}"),
+        Query(series("rollout/tool_errors"), "tool errors {{run}}"),
+        Query(series("rollout/tool_timeouts"), "tool timeouts {{run}}"),
+        Query(series("rollout/parse_errors"), "malformed calls {{run}}"),
+    ), "Per step: trajectories that failed every attempt (share, right), groups dropped for them, failed "
+       "attempts (each a line of rollout_errors.jsonl), and tool calls answered with an error.",
+       right_unit="percentunit", multi_turn=True),
+    Panel("Multi-turn: env and tool time", "s", (
+        Query(series("timing/env"), "env {{run}}"),
+        Query(series("timing/tools"), "tools {{run}}"),
+        Query(series("rollout/obs_token_frac"), "observation token share {{run}}", right_axis=True),
+    ), "Seconds spent in env calls and in tool calls, summed over the step's trajectories (they overlap), and "
+       "the share of held response tokens that are env or tool text (right).", right_unit="percentunit",
+       multi_turn=True),
 )
 
 
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}  # the dashboard's data-source variable
 
 
-def queries() -> list[str]:
-    """Every PromQL expression of the dashboard, in panel order."""
-    return [q.expr for panel in PANELS for q in panel.queries]
+def queries(multi_turn: bool = True) -> list[str]:
+    """Every PromQL expression of the dashboard, in panel order (without the multi-turn row's, which
+    a single-turn run leaves empty, when ``multi_turn`` is False)."""
+    return [q.expr for panel in PANELS if multi_turn or not panel.multi_turn for q in panel.queries]
 
 
 def dashboard() -> dict:

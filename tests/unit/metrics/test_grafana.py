@@ -29,14 +29,22 @@ def test_the_panels_the_issue_names():
     titles = [p.title for p in PANELS]
     assert titles == ["Reward", "Reward components", "KL to the reference", "Rollout/learner mismatch",
                       "Importance weights", "Time per phase", "Throughput", "Weight sync", "Staleness",
-                      "Restarts and skipped steps", "Reward-hacking alarm"]
+                      "Restarts and skipped steps", "Reward-hacking alarm", "Multi-turn: turns and tool calls",
+                      "Multi-turn: why trajectories stopped", "Multi-turn: failures", "Multi-turn: env and tool time"]
     text = "\n".join(queries())
     for key in ("reward/mean", "reward/gold_mean", "eval/reward_mean", "eval/gold_mean", "kl/mean", "kl/coef",
                 "rollout/logprob_abs_diff", "is/weight_mean", "throughput/tokens_per_s", "sync/seconds",
                 "sync/bytes", "rollout/staleness_mean", "rollout/staleness_max", "faults/actor_restarts",
-                "train/skipped_steps", "monitor/hacking_alarm"):
+                "train/skipped_steps", "monitor/hacking_alarm", "rollout/turns_mean", "rollout/turns_max",
+                "rollout/tool_calls_mean", "rollout/error_frac", "rollout/dropped_groups", "rollout/env_errors",
+                "rollout/tool_errors", "rollout/tool_timeouts", "rollout/parse_errors", "rollout/obs_token_frac",
+                "timing/env", "timing/tools"):
         assert series(key) in text, key
     assert [p.stacked for p in PANELS if p.title == "Time per phase"] == [True]
+    # the multi-turn row is left out of what a single-turn run must fill; the env and tool seconds
+    # (summed over trajectories that overlap) are not stacked with the step's phases
+    single = "\n".join(queries(multi_turn=False))
+    assert "rollout_stop" not in single and "turns_mean" not in single and "timing_(step|overhead_frac|env|tools)" in single
 
 
 def test_every_query_is_filtered_by_the_run_and_names_our_gauges():
