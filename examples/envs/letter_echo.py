@@ -8,7 +8,8 @@ not all-or-nothing), so the tiny random-init model learns it in minutes. Used by
 examples/multiturn_env.yaml and the e2e tests.
 """
 
-import random
+import hashlib
+import json
 
 from rlhf_dist.envs import Step
 
@@ -18,12 +19,14 @@ LETTERS = ("a", "e", "o", "t")
 class LetterEchoEnv:
     def __init__(self, row: dict, letters: list[str] | None = None):
         self.letters = list(letters or LETTERS)
-        self.letter = None
+        # The letter is fixed by the prompt, so every sample of a group (GRPO's baseline) meets the
+        # same one and the group compares replies, not letters; prompts spread over the letters.
+        digest = hashlib.blake2b(json.dumps(row.get("prompt"), sort_keys=True).encode(), digest_size=4).digest()
+        self.letter = self.letters[int.from_bytes(digest, "little") % len(self.letters)]
         self.asked = False
 
     def reset(self) -> None:
-        """Nothing follows the prompt: the model speaks first. The letter is fixed by the seed."""
-        self.letter = random.Random(self.seed).choice(self.letters)
+        """Nothing follows the prompt: the model speaks first."""
 
     def step(self, reply: str) -> Step:
         if not self.asked:

@@ -3,6 +3,8 @@ the mask canary (env text never trained on, and a leaked mask caught), chaos tha
 trajectories, and an env that always fails stopping the first step with its paragraph."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -99,3 +101,20 @@ def test_an_env_that_always_fails_stops_the_first_step_with_one_paragraph(tmp_pa
     assert f"{ENVS}:BrokenEnv raised ValueError: this env cannot start: no board file in reset" in message
     errors = (tmp_path / "run" / "rollout_errors.jsonl").read_text().splitlines()
     assert len(errors) == 64  # 32 trajectories, each tried twice (errors.retries=1)
+
+
+def test_a_template_that_cannot_extend_a_conversation_is_refused_before_ray(tmp_path):
+    """A chat template that writes the message count first renders every conversation anew: no suffix
+    can be taken, so the run is refused in one line, exit 2, before Ray starts."""
+    config = tmp_path / "bad_template.yaml"
+    config.write_text(
+        "data:\n  chat_template: |-\n"
+        "    {{ messages | length }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}\n"
+        f"rollout:\n  multi_turn:\n    env: {ENVS}:CanaryEnv\nreward:\n  components: []\n  gold: null\n")
+    out = subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("rlhf-dist: error")]
+    assert len(errors) == 1 and "chat template" in errors[0] and "multi-turn" in errors[0], out.stderr
+    assert "starting Ray" not in out.stderr + out.stdout and "Traceback" not in out.stderr

@@ -38,18 +38,12 @@ def play(env, first, second):
 
 
 def test_the_letter_echo_env_pays_for_the_letter_it_named():
-    env = LetterEchoEnv({})
-    env.seed = 3
-    said, step = play(env, "anything", "")
-    letter = env.letter
+    row = {"prompt": [{"role": "user", "content": "write letters: cat"}]}
+    said, step = play(LetterEchoEnv(row), "anything", "")
+    letter = LetterEchoEnv(row).letter
     assert said == f"say {letter * 6}" and step.done and step.reward == 0.0
-    again = LetterEchoEnv({})
-    again.seed = 3
-    assert play(again, "x", letter * 4 + " b")[1].reward == pytest.approx(0.8)
-    # a reply that ignores the env: over many envs, at most 1 in 4
-    rewards = []
-    for seed in range(400):
-        env = LetterEchoEnv({})
-        env.seed = seed
-        rewards.append(play(env, "x", "aaaa")[1].reward)
+    assert play(LetterEchoEnv(row), "x", letter * 4 + " b")[1].reward == pytest.approx(0.8)
+    # a reply that ignores the env: over many prompts, at most 1 in 4
+    rewards = [play(LetterEchoEnv({"prompt": [{"role": "user", "content": f"p{i}"}]}), "x", "aaaa")[1].reward
+               for i in range(400)]
     assert 0.15 < sum(rewards) / len(rewards) < 0.35
