@@ -84,20 +84,25 @@ def session_dir(address: str | None, temp_dir: str | None, token: str | None = N
     )
 
 
-def _head_session_dir(address: str, token: str | None) -> Path | None:
+def _head_session_dir(address: str, token: str | None, wait_s: float = 30.0) -> Path | None:
     """The session directory the head node reports of itself (its dashboard's node summary), or None
-    when it says nothing usable."""
+    when it says nothing usable. A dashboard that answers but lists no head yet (a head that has
+    just started) is asked again for up to ``wait_s``."""
     request = urllib.request.Request(f"{address.rstrip('/')}/nodes?view=summary", headers=auth_headers(token) or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            nodes = json.loads(reply.read()).get("data", {}).get("summary", [])
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
-        return None
-    for node in nodes if isinstance(nodes, list) else []:
-        raylet = node.get("raylet", {}) if isinstance(node, dict) else {}
-        if raylet.get("isHeadNode") and raylet.get("sessionDir"):
-            return Path(raylet["sessionDir"])
-    return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                nodes = json.loads(reply.read()).get("data", {}).get("summary", [])
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return None
+        for node in nodes if isinstance(nodes, list) else []:
+            raylet = node.get("raylet", {}) if isinstance(node, dict) else {}
+            if raylet.get("isHeadNode") and raylet.get("sessionDir"):
+                return Path(raylet["sessionDir"])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
 
 
 def _session_name(address: str, token: str | None) -> str:

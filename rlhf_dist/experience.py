@@ -97,8 +97,9 @@ class Experience:
         return int(self.response_ids.shape[0])
 
     @property
-    def num_response_tokens(self) -> int:
-        return int(self.response_mask.sum().item())
+    def num_sampled_tokens(self) -> int:
+        """Tokens the policy sampled (a multi-turn batch's env, tool and template tokens left out)."""
+        return int(self.action_mask.sum().item())
 
     def validate(self) -> None:
         """Check that every tensor agrees with the (B, P) prompt and (B, T) response shapes."""

@@ -360,7 +360,7 @@ class Driver:
         record["rollout/prompt_len_mean"] = float(exp.prompt_mask.sum(-1).float().mean())
         sampling = self.cfg.rollout.sampling
         record["rollout/truncated_sampling"] = float(sampling.top_p < 1.0 or sampling.top_k > 0)
-        record["throughput/tokens_per_s"] = exp.num_response_tokens / max(step_time, 1e-9)
+        record["throughput/tokens_per_s"] = exp.num_sampled_tokens / max(step_time, 1e-9)
         return record
 
     def overhead_fraction(self, started: float, step_time: float) -> float:

@@ -66,7 +66,7 @@ def test_concat_repads_prompts_left_and_responses_right():
     # b's responses are right padded and the padding is masked out.
     torch.testing.assert_close(joined.response_ids[2:, :2], b.response_ids)
     torch.testing.assert_close(joined.response_mask[2:, 2:], torch.zeros(2, 3))
-    assert joined.num_response_tokens == 2 * 5 + 2 * 2
+    assert joined.num_sampled_tokens == 2 * 5 + 2 * 2
 
 
 def test_concat_keeps_each_sequences_version():
