@@ -49,8 +49,8 @@ class Size:
     eval_every: int
 
 
-FULL = Size(test_size=200, demos=3000, sft_epochs=4, rl_steps=40, eval_every=10)
-SMALL = Size(test_size=128, demos=2000, sft_epochs=3, rl_steps=16, eval_every=8)
+FULL = Size(test_size=200, demos=1500, sft_epochs=2, rl_steps=40, eval_every=10)
+SMALL = Size(test_size=128, demos=1500, sft_epochs=2, rl_steps=16, eval_every=8)
 EVAL_SAMPLES = 2
 TEMPERATURE = 1.0
 
