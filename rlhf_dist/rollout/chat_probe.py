@@ -15,6 +15,7 @@ and the probe says so.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,26 @@ class TemplateProbe:
 
     def message_ids(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """``(message ids, generation-prompt ids)`` that appending ``messages`` after an assistant turn
-        writes: the messages with their role markup, then the opening of the next assistant turn."""
+        writes: the messages with their role markup, then the opening of the next assistant turn.
+        Envs often repeat themselves: the answer for the same messages is remembered."""
+        key = json.dumps(messages, sort_keys=True, default=str)
+        cache = self._message_cache
+        if key not in cache:
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[key] = self._message_ids(messages)
+        message, opening = cache[key]
+        return list(message), list(opening)
+
+    @property
+    def _message_cache(self) -> dict:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_cache", cache)  # a frozen dataclass: the cache is not part of its value
+        return cache
+
+    def _message_ids(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         base = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY}]
         before = self._render(base, generation_prompt=False)
         closed = self._render(base + messages, generation_prompt=False)

@@ -120,12 +120,19 @@ class TurnServer:
             self._open -= 1
             self._cv.notify()
 
-    def serve(self, generate: Callable[[list[Request]], list[Sample]]) -> None:
-        """Answer turns until no trajectory is playing (call after the trajectories are submitted)."""
+    def serve(self, generate: Callable[[list[Request]], list[Sample]], gather_s: float = 0.02) -> None:
+        """Answer turns until no trajectory is playing (call after the trajectories are submitted).
+
+        Once a turn waits, the others still playing get ``gather_s`` to join its batch (an engine call
+        costs about as much for one turn as for many); a trajectory busy with a slower env or tool is
+        not waited for."""
         while True:
             with self._cv:
                 while not self._waiting and self._open > 0:
                     self._cv.wait(0.5)
+                deadline = time.monotonic() + gather_s
+                while 0 < len(self._waiting) < self._open and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
                 batch, self._waiting = self._waiting, []
                 if not batch and self._open == 0:
                     return

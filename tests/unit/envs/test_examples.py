@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from examples.envs.letter_echo import LetterEchoEnv
-from examples.tools.calculator import calculator
 from rlhf_dist.config import load_config
 from rlhf_dist.envs import ToolError
 from rlhf_dist.rollout.multi_turn import load_tools
