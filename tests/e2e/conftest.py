@@ -50,8 +50,11 @@ def start_head(env: dict, *extra: str) -> tuple[subprocess.Popen, str, int]:
     dashboard answers: (process, dashboard URL, metrics export port). Stop it with `stop_process_group`,
     which touches no other Ray on the machine (tests may run side by side)."""
     dashboard, metrics = free_port(), free_port()
+    # The ports a head takes by default at fixed numbers (the job agent's 52365, the client server's
+    # 10001) are free ones instead: two heads of tests running side by side must not collide.
+    ports = [f"--{name}={free_port()}" for name in ("port", "ray-client-server-port", "dashboard-agent-listen-port")]
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+        [str(BIN / "ray"), "start", "--head", "--block", *ports, "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=4",
          "--disable-usage-stats", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
