@@ -10,6 +10,7 @@ from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
 from rlhf_dist.learner.rank import Learner as LearnerCore
 from rlhf_dist.learner.train_stats import TrainStats
+from rlhf_dist.models.reference import ReferenceModel, ReferenceSpec
 from rlhf_dist.weight_sync.buckets import Bucket, WeightLayout
 from rlhf_dist.weight_sync.group import free_port, node_ip
 from rlhf_dist.weight_sync.transports import LearnerRoute
@@ -20,13 +21,21 @@ class Learner(ComputeClock):
     def __init__(self, rank: int):
         self.rank = rank
         self.core: LearnerCore | None = None
+        self.reference: ReferenceModel | None = None
 
     def rendezvous_address(self) -> tuple[str, int]:
         """Rank 0's address and a free port, for the DeepSpeed world and the sync group."""
         return node_ip(), free_port()
 
-    def setup(self, cfg: RunConfig, model_path: str, world_size: int, master_addr: str, master_port: int, critic_path: str | None = None) -> bool:
+    def setup(
+        self, cfg: RunConfig, model_path: str, world_size: int, master_addr: str, master_port: int,
+        critic_path: str | None = None, reference: ReferenceSpec | None = None,
+    ) -> bool:
+        """Join the world and build the engines; with ``reference`` (a CPU run whose reference lives in
+        the learner ranks), also load the frozen reference beside the policy."""
         self.core = LearnerCore(cfg, model_path, self.rank, world_size, master_addr, master_port, critic_path)
+        if reference is not None:
+            self.reference = ReferenceModel(reference)
         return True
 
     @computing
@@ -40,6 +49,11 @@ class Learner(ComputeClock):
     @computing
     def logprobs(self, shard: Experience) -> torch.Tensor:
         return self.core.logprobs(shard)
+
+    @computing
+    def reference_logprobs(self, shard: Experience) -> torch.Tensor:
+        """(B, T) log pi_ref of the shard's sampled tokens; not a collective, so the ranks' shards may differ."""
+        return self.reference.logprobs(shard)
 
     @computing
     def save_checkpoint(self, ckpt_dir: str) -> None:

@@ -16,5 +16,6 @@ class ReferenceActor(ComputeClock):
         self.model = ReferenceModel(spec)
 
     @computing
-    def logprobs(self, exp: Experience) -> torch.Tensor:
+    def reference_logprobs(self, exp: Experience) -> torch.Tensor:
+        """The same call as `Learner.reference_logprobs` (a CPU run's learner ranks may hold the reference)."""
         return self.model.logprobs(exp)

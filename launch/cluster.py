@@ -111,7 +111,7 @@ def required_cpus(cfg: RunConfig | StageConfig) -> float:
     return (
         cfg.rollout.num_workers * p.rollout.num_cpus
         + cfg.reward.num_workers * p.reward.num_cpus
-        + cfg.reference.num_workers * p.reference.num_cpus
+        + (0 if p.reference_in_learners else cfg.reference.num_workers * p.reference.num_cpus)
         + cfg.learner.num_workers * p.learner.num_cpus
     )
 

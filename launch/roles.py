@@ -21,7 +21,7 @@ from actors.shell import actor_env
 from launch import console
 from launch.cluster import live_nodes, required_cpus
 from rlhf_dist.config import RunConfig
-from rlhf_dist.config.schema import RoleResources
+from rlhf_dist.config.placement import RoleResources
 from rlhf_dist.driver.remote_calls import Roles, gather
 from rlhf_dist.errors import UserError
 from rlhf_dist.models.reference import ReferenceSpec
@@ -234,7 +234,8 @@ def _start_actors(
         for i in range(cfg.reward.num_workers)
     ]
     reference_spec = ReferenceSpec.from_config(cfg, model_path)
-    reference = [
+    in_learners = place.reference_in_learners
+    reference = [] if in_learners else [
         ReferenceActor.options(
             **_options(f"reference-{i}", place.reference, restarts), **_slot(plan, groups, "reference", i)
         ).remote(reference_spec)
@@ -245,18 +246,24 @@ def _start_actors(
     if cfg.algorithm.name == "ppo" and cfg.learner.critic_init == "reward_model":
         critic_path = next(c.path for c in cfg.reward.components if c.type == "model")
     setups = [
-        l.setup.remote(cfg, model_path, len(learners), master_addr, master_port, critic_path) for l in learners
+        l.setup.remote(cfg, model_path, len(learners), master_addr, master_port, critic_path,
+                       reference_spec if in_learners else None)
+        for l in learners
     ]
     engine = "vLLM" if cfg.rollout.engine == "vllm" else "transformers"
-    wait_ready([
-        (f"learners ready: ZeRO-{cfg.learner.zero_stage}, {_count(len(learners), 'rank')}", "learner", setups, False),
+    holding = ", each with the reference model" if in_learners else ""
+    ready = [
+        (f"learners ready: ZeRO-{cfg.learner.zero_stage}, {_count(len(learners), 'rank')}{holding}", "learner",
+         setups, False),
         (f"{engine} engine {{k}}/{{n}} ready", "rollout", [a.ready.remote() for a in rollout], True),
         (f"reward ready: {_count(len(reward), 'scorer')}", "reward scorer", [a.ready.remote() for a in reward], False),
-        (f"reference model ready: {_count(len(reference), 'actor')}", "reference",
-         [a.ready.remote() for a in reference], False),
-    ], started)
+    ]
+    if reference:
+        ready.append((f"reference model ready: {_count(len(reference), 'actor')}", "reference",
+                      [a.ready.remote() for a in reference], False))
+    wait_ready(ready, started)
     sync_address = gather([learners[0].rendezvous_address.remote()], "learner")[0]
-    return Roles(rollout, reward, reference, learners), sync_address
+    return Roles(rollout, reward, reference, learners, reference_in_learners=in_learners), sync_address
 
 
 def wait_ready(groups: list[tuple[str, str, list[Any], bool]], started: float) -> None:

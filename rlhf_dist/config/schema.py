@@ -14,6 +14,7 @@ from pydantic import Field
 # The algorithm section lives in its own file; importing it here keeps `schema.AlgorithmConfig` working.
 from rlhf_dist.config.algorithm import AlgorithmConfig, KLConfig  # noqa: F401
 from rlhf_dist.config.multi_turn import MultiTurnConfig
+from rlhf_dist.config.placement import PlacementConfig
 from rlhf_dist.config.section import Section
 
 
@@ -165,7 +166,10 @@ class ReferenceConfig(Section):
     """The frozen reference policy."""
 
     path: str | None = Field(None, description="model directory of the reference; null = the initial policy")
-    num_workers: int = Field(1, ge=1, description="reference actors; each computes log-probs for a shard of the batch")
+    num_workers: int = Field(
+        1, ge=1, description="reference actors; each computes log-probs for a shard of the batch (unused when the "
+        "learner ranks hold the reference: placement.reference.colocate_with=learner_process)",
+    )
 
 
 class LoraConfig(Section):
@@ -247,36 +251,6 @@ class LearnerConfig(TrainerConfig):
     )
     critic_init: Literal["policy", "reward_model"] = Field(
         "policy", description="ppo: start the critic from the policy (zero value head) or from the reward model"
-    )
-
-
-class RoleResources(Section):
-    """What each worker of one role asks Ray for (rlhf_dist/planning/placement.py)."""
-
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per worker (fractions share a GPU)")
-    num_cpus: float = Field(0.5, gt=0.0, description="CPUs per worker")
-
-
-class GuestRoleResources(RoleResources):
-    """Resources of a role that may share the learners' bundles (reference, reward)."""
-
-    colocate_with: Literal["learner"] | None = Field(
-        None,
-        description="learner: worker i runs in learner rank i's bundle and shares its GPU (num_gpus is its "
-        "share; GPU runs only), saving a GPU per role like OpenRLHF's colocate-all; null: bundles of its own",
-    )
-
-
-class PlacementConfig(Section):
-    """Resources per worker of each role; worker counts live in each role's section."""
-
-    rollout: RoleResources = Field(RoleResources(), description="per rollout generator")
-    reward: GuestRoleResources = Field(GuestRoleResources(num_cpus=0.25), description="per reward scorer")
-    reference: GuestRoleResources = Field(GuestRoleResources(num_cpus=0.25), description="per reference worker")
-    learner: RoleResources = Field(RoleResources(), description="per learner rank")
-    colocate: bool = Field(False, description="rollout and learner share GPUs; vLLM sleeps while training")
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement-group strategy of each role's group of bundles"
     )
 
 

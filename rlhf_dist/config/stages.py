@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from rlhf_dist.config.placement import RoleResources
 from rlhf_dist.config.schema import (
     MetricSinksConfig,
     ModelConfig,
     OptimizerConfig,
-    RoleResources,
     Section,
     TrainerConfig,
 )

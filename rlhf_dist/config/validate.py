@@ -217,6 +217,7 @@ def _guests(cfg: RunConfig) -> list[str]:
             problems.append(
                 f"placement.{role}.colocate_with=learner shares the learners' GPUs, but placement.learner.num_gpus=0 "
                 f"(a CPU run); set placement.{role}.colocate_with=null, or give the learners GPUs"
+                + (" (or learner_process: the learner ranks hold the reference)" if role == "reference" else "")
             )
         elif res.num_gpus == 0:
             problems.append(

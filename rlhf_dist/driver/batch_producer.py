@@ -163,8 +163,9 @@ class RolloutPipeline:
             raise RunFailed(str(exc)) from None
 
     def _reference(self, exp: Experience) -> torch.Tensor:
-        sizes = shard_sizes(exp.batch_size, len(self.roles.reference))
-        refs = [a.logprobs.remote(s) for a, s, k in zip(self.roles.reference, exp.shards(sizes), sizes) if k]
+        workers = self.roles.reference_workers()
+        sizes = shard_sizes(exp.batch_size, len(workers))
+        refs = [a.reference_logprobs.remote(s) for a, s, k in zip(workers, exp.shards(sizes), sizes) if k]
         return torch.cat(gather(refs, "reference"))
 
     def _assemble(self, rounds: list[ScoredRound], groups_wanted: int) -> tuple[StepBatch, dict[str, float], int]:

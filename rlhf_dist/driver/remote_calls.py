@@ -51,9 +51,14 @@ class Roles:
     learners: list[Any]
     placement_groups: list[Any] = field(default_factory=list)  # removed with the actors
     plan: Plan | None = None  # where each actor was placed; the weight sync reads who shares a GPU
+    reference_in_learners: bool = False  # no reference actors: the learner ranks answer `reference_logprobs`
 
     def all(self) -> list[Any]:
         return [*self.rollout, *self.reward, *self.reference, *self.learners]
+
+    def reference_workers(self) -> list[Any]:
+        """The handles that answer ``reference_logprobs``: the reference actors, or the learner ranks."""
+        return self.learners if self.reference_in_learners else self.reference
 
     def restartable(self) -> list[tuple[str, list[Any]]]:
         """The roles Ray restarts after a death (a learner cannot rejoin its DeepSpeed world)."""

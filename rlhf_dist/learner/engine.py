@@ -67,11 +67,38 @@ def build_engine(model: torch.nn.Module, learner, dtype: str, lr: float, world_s
         "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 10**9,
     }
+    import_muon_uncompiled()
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     engine.eval()
 
     engine.checkpoint_engine = safe_checkpoint_engine()  # safetensors + JSON, never pickle
     return engine
+
+
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def import_muon_uncompiled() -> None:
+    """Import DeepSpeed's Muon optimizer module with torch.compile off. ZeRO's optimizer check (and
+    its gradient reduction) imports it, and its kernels are ``torch.compile``-decorated at import,
+    which pulls in TorchInductor: ~2.7 s of CPU per rank, for an optimizer we never build. With
+    TORCHDYNAMO_DISABLE set only for this import the decorators return the plain functions; every
+    later ``torch.compile`` in the process is untouched."""
+    import sys
+
+    if MUON_MODULE in sys.modules:
+        return
+    before = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        importlib.import_module(MUON_MODULE)
+    except ImportError:  # a DeepSpeed without Muon: nothing to avoid
+        pass
+    finally:
+        if before is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = before
 
 
 def make_optimizer(params: list[torch.nn.Parameter], learner, lr: float) -> torch.optim.Optimizer:

@@ -56,10 +56,16 @@ def actor_estimates(cfg: RunConfig, device_gib: float, shape: ModelShape | None 
         if c.type == "model":
             s = shape if c.path is None else shape_of_path(c.path, cfg.model.trust_remote_code)
             reward_params += s.backbone_params + s.hidden  # a one-label score head
+    reference = frozen_estimate("reference", cfg, ref_shape.params, ref_shape, ref_shape.vocab)
+    learner = learner_estimate(cfg, shape)
+    if cfg.placement.reference_in_learners:  # its weights stay resident beside the policy; its pass runs alone
+        items = {**learner.items, "reference weights": reference.items["weights"]}
+        learner = ActorEstimate(learner.name, items, max(learner.peak + reference.idle, learner.idle + reference.peak),
+                                learner.idle + reference.idle)
     return {
-        "learner": learner_estimate(cfg, shape),
+        "learner": learner,
         "rollout": rollout_estimate(cfg, shape, device_gib or 0.0),
-        "reference": frozen_estimate("reference", cfg, ref_shape.params, ref_shape, ref_shape.vocab),
+        "reference": reference,
         "reward": frozen_estimate("reward", cfg, reward_params, shape, 1),
     }
 

@@ -20,6 +20,9 @@ rank i and engine i both sit in bundle i, each asking for its share of that GPU
 engine per learner rank and ``tensor_parallel_size=1`` (checked in config validation): an actor
 lives in one bundle, so an engine cannot span the GPUs of several.
 
+``placement.reference.colocate_with: learner_process`` plans no reference actors at all: every learner
+rank holds the frozen reference and computes its own shard's log-probs.
+
 Guests (``placement.reference.colocate_with: learner``, likewise reward; GPU runs): worker i of the
 role joins learner rank i's bundle (of ``learner`` or ``rollout+learner``), its CPUs added to that
 bundle and its ``num_gpus`` a share of the bundle's one GPU, like OpenRLHF's colocate-all. Every
@@ -35,7 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlhf_dist.config.schema import RoleResources, RunConfig
+from rlhf_dist.config.placement import RoleResources
+from rlhf_dist.config.schema import RunConfig
 from rlhf_dist.errors import UserError
 
 ROLE_ORDER = ("learner", "rollout", "reference", "reward")
@@ -99,6 +103,7 @@ class Plan:
     groups: list[Group]
     slots: list[Slot]
     nodes: list[NodeResources]
+    reference_in_learners: bool = False  # the learner ranks compute the reference log-probs (learner_process)
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
@@ -142,6 +147,8 @@ class Plan:
         lines.append("devices")
         for slot in sorted(self.slots, key=lambda s: (ROLE_ORDER.index(s.role), s.index)):
             lines.append(f"  {slot.name:<12}  {self.device(slot)}")
+        if self.reference_in_learners:
+            lines.append(f"  {'reference':<12}  in every learner rank, beside the policy (no reference actors)")
         lines.append("nodes")
         used = {n.node_id: [0.0, 0.0] for n in self.nodes}
         for g in self.groups:
@@ -172,7 +179,7 @@ def plan_placement(cfg: RunConfig, nodes: list[NodeResources]) -> Plan:
     slots = [
         Slot(s.role, s.index, s.group, s.bundle, node_of[(s.group, s.bundle)], s.num_cpus, s.num_gpus) for s in slots
     ]
-    return Plan(groups, slots, nodes)
+    return Plan(groups, slots, nodes, cfg.placement.reference_in_learners)
 
 
 # -- groups and slots -------------------------------------------------------------------------
@@ -188,7 +195,7 @@ def _groups(cfg: RunConfig) -> tuple[list[Group], list[Slot]]:
     counts = {
         "learner": cfg.learner.num_workers,
         "rollout": cfg.rollout.num_workers,
-        "reference": cfg.reference.num_workers,
+        "reference": 0 if place.reference_in_learners else cfg.reference.num_workers,
         "reward": cfg.reward.num_workers,
     }
     resources: dict[str, RoleResources] = {
@@ -196,8 +203,9 @@ def _groups(cfg: RunConfig) -> tuple[list[Group], list[Slot]]:
     }
     groups: list[Group] = []
     slots: list[Slot] = []
-    roles = [r for r in ROLE_ORDER if r in ("learner", "rollout") or resources[r].colocate_with is None]
-    guests = [r for r in ("reference", "reward") if r not in roles]  # in the learners' bundles
+    roles = [r for r in ROLE_ORDER if r in ("learner", "rollout") or resources[r].colocate_with in (None, "learner_process")]
+    guests = [r for r in ("reference", "reward") if r not in roles and counts[r]]  # in the learners' bundles
+    roles = [r for r in roles if counts[r] or r in ("learner", "rollout")]
     if place.colocate or guests:
         _check_colocation(cfg, guests)
         hosts = ["learner", "rollout"] if place.colocate else ["learner"]

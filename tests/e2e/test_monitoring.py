@@ -32,7 +32,7 @@ from tests.e2e.conftest import start_head, stop_process_group
 BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("RLHF_TEST_ARTIFACTS", PROJECT / "test-output")) / "monitoring"
-ROLES = ("rollout-0", "reward-0", "reference-0", "learner-0", "learner-1")
+ROLES = ("rollout-0", "reward-0", "learner-0", "learner-1")  # the default's learner ranks hold the reference
 # A run long enough for a few 10 s scrapes, with async rollouts (importance weights, staleness) and eval.
 RUN_ARGS = ("steps=12", "rollout.async_steps=1", "eval.every=3", "eval.holdout=16", "eval.max_prompts=16",
             "eval.samples_per_prompt=1", "logging.samples_every=0", "checkpoint.every=0")

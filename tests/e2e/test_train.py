@@ -45,7 +45,8 @@ def _check_learned(records, steps):
 @pytest.mark.parametrize(
     "algorithm, overrides",
     [
-        ("ppo", ["algorithm.kl.mode=reward", "algorithm.kl.kind=k1"]),
+        # PPO with a reference actor of its own (the default keeps the reference in the learner ranks).
+        ("ppo", ["algorithm.kl.mode=reward", "algorithm.kl.kind=k1", "placement.reference.colocate_with=null"]),
         ("rloo", []),
         ("reinforce_pp", ["algorithm.kl.mode=reward", "algorithm.kl.kind=k1"]),
     ],
@@ -168,8 +169,8 @@ def test_a_default_run_speaks_in_our_voice_and_logs_the_libraries_to_the_run_dir
     assert not theirs, "library lines on the terminal:\n" + "\n".join(theirs)
 
     # One line per startup phase, with its time, in our words.
-    for phase in ("starting Ray (", "vLLM engine 1/1 ready (", "learners ready: ZeRO-2, 2 ranks (",
-                  "reward ready: 1 scorer (", "reference model ready: 1 actor ("):
+    for phase in ("starting Ray (", "vLLM engine 1/1 ready (", "reward ready: 1 scorer (",
+                  "learners ready: ZeRO-2, 2 ranks, each with the reference model ("):
         assert any(line.startswith(phase) or phase in line for line in ours), f"no phase line {phase!r}"
     assert sum(line.startswith("step ") for line in ours) == CLI_STEPS  # not a terminal: a line per step
     assert f"{CLI_STEPS} steps logged (0-{CLI_STEPS - 1}); windows of 5 steps" in out.stdout
@@ -183,5 +184,6 @@ def test_a_default_run_speaks_in_our_voice_and_logs_the_libraries_to_the_run_dir
     rollout = (logs / "rollout-0.log").read_text()
     assert "Initializing a V1 LLM engine" in rollout
     assert "RotaryEmbedding: Failed to load weights" in rollout and "RotaryEmbedding" not in transcript
-    assert {"learner-0.log", "learner-1.log", "reward-0.log", "reference-0.log"} <= {p.name for p in logs.iterdir()}
+    assert {"learner-0.log", "learner-1.log", "reward-0.log"} <= {p.name for p in logs.iterdir()}
+    assert "reference model ready" not in transcript  # no reference actor: the learner ranks hold it
     assert "untested optimizer" in (logs / "learner-0.log").read_text()

@@ -22,6 +22,7 @@ COMMON = [
     "rollout.engine=hf", "learner.num_workers=1", "rollout.num_workers=1", "rollout.prompts_per_step=8",
     "learner.mini_batch_size=16", "learner.micro_batch_size=8", "learner.optimizer.fused=false",
     "placement.learner.num_cpus=1", "placement.rollout.num_cpus=1",
+    "placement.reference.colocate_with=null",  # a reference actor of its own, to check it sees no GPU
 ]
 COLOCATED = ["placement.colocate=true", "placement.learner.num_gpus=0.5", "placement.rollout.num_gpus=0.5"]
 

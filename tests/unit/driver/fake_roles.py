@@ -87,12 +87,16 @@ class FakeScorer(_Actor):
 
 
 class FakeReference(_Actor):
-    def logprobs(self, exp) -> torch.Tensor:
+    def reference_logprobs(self, exp) -> torch.Tensor:
         self.calls.append("reference")
         return torch.full(exp.response_ids.shape, -0.7)
 
 
 class FakeLearner(_Actor):
+    def reference_logprobs(self, shard) -> torch.Tensor:
+        self.calls.append(f"{self.name}.reference")
+        return torch.full(shard.response_ids.shape, -0.7)
+
     def logprobs(self, shard) -> torch.Tensor:
         self.calls.append(f"{self.name}.logprobs")
         return torch.full(shard.response_ids.shape, -0.5)
@@ -118,12 +122,13 @@ class FakeLearner(_Actor):
         return list(CHECKSUMS), list(PROBE)
 
 
-def fake_roles(calls: list[str], generators: int = 2, learners: int = 2) -> Roles:
+def fake_roles(calls: list[str], generators: int = 2, learners: int = 2, reference_in_learners: bool = False) -> Roles:
     return Roles(
         rollout=[handle(FakeGenerator(f"g{i}", calls)) for i in range(generators)],
         reward=[handle(FakeScorer("scorer", calls))],
-        reference=[handle(FakeReference("reference", calls))],
+        reference=[] if reference_in_learners else [handle(FakeReference("reference", calls))],
         learners=[handle(FakeLearner(f"l{i}", calls)) for i in range(learners)],
+        reference_in_learners=reference_in_learners,
     )
 
 

@@ -86,3 +86,14 @@ def test_a_failed_checkpoint_write_names_the_last_complete_one_and_the_resume_co
         "writing the checkpoint of step 2 failed (OSError: [Errno 28] No space left on device); it is incomplete and "
         f"will not be resumed from. The last complete checkpoint is {driver.run_dir}/checkpoints/step-1; continue "
         f"with: rlhf-dist train --resume {driver.run_dir}")
+
+
+def test_a_reference_held_by_the_learner_ranks_is_asked_there_one_shard_each(tmp_path):
+    calls = []
+    cfg = load_config(None, SMALL)
+    metrics = MetricsLogger(tmp_path / "run", tensorboard=False, progress=False)
+    driver = Driver(cfg, fake_roles(calls, reference_in_learners=True), fake_prompts(16), pad_token_id=0,
+                    probe_ids=[1, 2], metrics=metrics, sync_address=("127.0.0.1", 0))
+    record = driver.step(0)
+    assert calls[:6] == ["generate", "generate", "score", "l0.reference", "l1.reference", "l0.train"]
+    assert "reference" not in calls and record["step"] == 0

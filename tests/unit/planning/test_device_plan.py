@@ -11,8 +11,12 @@ def gpu_nodes():
     return [NodeResources("id-head", 4, 0, "head"), NodeResources("id-a", 16, 4, "a")]
 
 
+# Reference actors of their own (the tiny default keeps the reference in the learner ranks).
+OWN_REFERENCE = "placement.reference.colocate_with=null"
+
+
 def plan(*overrides, nodes=None):
-    return plan_placement(load_config(None, list(overrides)), nodes or gpu_nodes())
+    return plan_placement(load_config(None, [OWN_REFERENCE, *overrides]), nodes or gpu_nodes())
 
 
 COLOCATE_ALL = ("placement.colocate=true", "rollout.num_workers=2", "reference.num_workers=2",
@@ -62,7 +66,7 @@ def test_fewer_guests_than_learner_ranks_join_the_first_bundles():
 
 def problems(*overrides):
     with pytest.raises(ConfigError) as info:
-        load_config(None, list(overrides))
+        load_config(None, [OWN_REFERENCE, *overrides])
     return "\n".join(info.value.problems)
 
 

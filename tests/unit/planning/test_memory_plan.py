@@ -170,6 +170,7 @@ def test_a_70b_config_plans_in_seconds_and_is_refused_with_fixes(llama_70b):
     # 2 x 32000 x 8192 + 80 x (2 x 8192^2 + 2 x 8192 x 1024 + 3 x 8192 x 28672 + 2 x 8192) + 8192
     assert shape.params == 68_976_648_192
     cfg = load_config(None, [f"model.path={llama_70b}", "model.dtype=bfloat16", "learner.num_workers=8",
+                             "placement.reference.colocate_with=null",
                              "learner.micro_batch_size=1", "learner.mini_batch_size=8", "placement.learner.num_gpus=1",
                              "placement.rollout.num_gpus=1", "rollout.num_workers=1"])
     plan = plan_placement(cfg, parse_nodes("gpu1:64:8,gpu2:64:8"))
@@ -186,8 +187,8 @@ def test_a_70b_config_plans_in_seconds_and_is_refused_with_fixes(llama_70b):
     assert "rollout.tensor_parallel_size=2 with placement.rollout.num_gpus=2" in message  # 128 GiB of weights
     assert "DOES NOT FIT" in memory_table(cfg, plan, bundles)
 
-    fits = load_config(None, [f"model.path={llama_70b}", "model.dtype=bfloat16", "learner.num_workers=8",
-                              "learner.micro_batch_size=1", "learner.mini_batch_size=8", "placement.learner.num_gpus=1",
+    fits = load_config(None, ["placement.reference.colocate_with=null", f"model.path={llama_70b}",
+                              "model.dtype=bfloat16", "learner.num_workers=8", "learner.micro_batch_size=1", "learner.mini_batch_size=8", "placement.learner.num_gpus=1",
                               "learner.zero_stage=3", "learner.offload=all", "learner.gradient_checkpointing=true",
                               "rollout.tensor_parallel_size=4", "placement.rollout.num_gpus=4",
                               "rollout.gpu_memory_utilization=0.9"])
@@ -198,8 +199,8 @@ def test_train_preflight_refuses_before_any_actor_and_force_overrides(llama_70b,
     from launch.preflight import memory_check
     from rlhf_dist.planning.memory_plan import MemoryPlanError
 
-    cfg = load_config(None, [f"model.path={llama_70b}", "model.dtype=bfloat16", "learner.num_workers=2",
-                             "learner.micro_batch_size=1", "learner.mini_batch_size=2", "placement.learner.num_gpus=1"])
+    cfg = load_config(None, ["placement.reference.colocate_with=null", f"model.path={llama_70b}",
+                             "model.dtype=bfloat16", "learner.num_workers=2", "learner.micro_batch_size=1", "learner.mini_batch_size=2", "placement.learner.num_gpus=1"])
     nodes = lambda: parse_nodes("gpu:16:4:80")  # noqa: E731
     with pytest.raises(MemoryPlanError, match="learner bundle 0 on node gpu, needs ~.* GiB per device but has 80 GiB"):
         memory_check(cfg, nodes)

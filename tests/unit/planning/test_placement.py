@@ -21,8 +21,13 @@ def cluster():
 
 
 def test_default_cpu_run_packs_every_role_on_one_node():
+    # The default's learner ranks hold the reference (placement.reference.colocate_with=learner_process).
     plan = plan_placement(cfg(), [NodeResources("n0", 2, 0, "local")])
+    assert [g.name for g in plan.groups] == ["learner", "rollout", "reward"]
+    assert not plan.role_slots("reference") and "reference     in every learner rank" in plan.table()
+    plan = plan_placement(cfg("placement.reference.colocate_with=null"), [NodeResources("n0", 2, 0, "local")])
     assert [g.name for g in plan.groups] == ["learner", "rollout", "reference", "reward"]
+    assert "in every learner rank" not in plan.table()
     assert plan.group("learner").bundles == [{"CPU": 0.5}, {"CPU": 0.5}]
     assert plan.group("reward").bundles == [{"CPU": 0.25}]
     assert {s.node_id for s in plan.slots} == {"n0"}
@@ -107,7 +112,7 @@ def test_colocation_shares_each_gpu_between_a_learner_rank_and_an_engine():
                               "placement.rollout.num_gpus=0.5"), cluster())
     group = plan.group(COLOCATED)
     assert group.colocated and group.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2
-    assert [g.name for g in plan.groups] == [COLOCATED, "reference", "reward"]
+    assert [g.name for g in plan.groups] == [COLOCATED, "reward"]  # the learner ranks hold the reference
     for i in range(2):
         learner, engine = plan.slot("learner", i), plan.slot("rollout", i)
         assert (learner.group, learner.bundle, learner.num_gpus) == (COLOCATED, i, 0.5)
