@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from actors.shell import ComputeClock, computing
+from actors.shell import ComputeClock, building, computing
 from rlhf_dist.config import RunConfig
 from rlhf_dist.experience import Experience
 from rlhf_dist.learner.rank import Learner as LearnerCore
@@ -33,9 +33,10 @@ class Learner(ComputeClock):
     ) -> bool:
         """Join the world and build the engines; with ``reference`` (a CPU run whose reference lives in
         the learner ranks), also load the frozen reference beside the policy."""
-        self.core = LearnerCore(cfg, model_path, self.rank, world_size, master_addr, master_port, critic_path)
-        if reference is not None:
-            self.reference = ReferenceModel(reference)
+        with building():
+            self.core = LearnerCore(cfg, model_path, self.rank, world_size, master_addr, master_port, critic_path)
+            if reference is not None:
+                self.reference = ReferenceModel(reference)
         return True
 
     @computing

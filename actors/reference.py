@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from actors.shell import ComputeClock, computing
+from actors.shell import ComputeClock, building, computing
 from rlhf_dist.experience import Experience
 from rlhf_dist.models.reference import ReferenceModel, ReferenceSpec
 
@@ -13,7 +13,8 @@ from rlhf_dist.models.reference import ReferenceModel, ReferenceSpec
 @ray.remote
 class ReferenceActor(ComputeClock):
     def __init__(self, spec: ReferenceSpec):
-        self.model = ReferenceModel(spec)
+        with building():
+            self.model = ReferenceModel(spec)
 
     @computing
     def reference_logprobs(self, exp: Experience) -> torch.Tensor:

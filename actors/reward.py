@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.shell import ComputeClock, computing
+from actors.shell import ComputeClock, building, computing
 from rlhf_dist.config.schema import RewardConfig
 from rlhf_dist.rewards import CompositeReward, RewardResult
 from rlhf_dist.rewards.functions import Extras
@@ -18,7 +18,8 @@ class RewardScorer(ComputeClock):
         import torch
 
         torch.set_num_threads(1)
-        self.reward = CompositeReward(cfg)
+        with building():
+            self.reward = CompositeReward(cfg)
 
     @computing
     def score(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ray
 
-from actors.shell import ComputeClock, computing
+from actors.shell import ComputeClock, building, computing
 from rlhf_dist.config.schema import SamplingConfig
 from rlhf_dist.rollout.engines import make_engine
 from rlhf_dist.rollout.multi_turn import MultiTurnSpec, TrajectoryPlayer
@@ -19,8 +19,9 @@ from rlhf_dist.weight_sync.transports import GeneratorRoute
 @ray.remote
 class RolloutWorker(ComputeClock):
     def __init__(self, spec: EngineSpec, multi_turn: MultiTurnSpec | None = None):
-        self.engine = make_engine(spec)
-        self.player = TrajectoryPlayer(multi_turn, self.engine.tokenizer) if multi_turn is not None else None
+        with building():
+            self.engine = make_engine(spec)
+            self.player = TrajectoryPlayer(multi_turn, self.engine.tokenizer) if multi_turn is not None else None
 
     def ready(self) -> bool:
         return True

@@ -4,7 +4,9 @@ and a record of when it was computing (`ComputeClock`, `computing`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -105,6 +107,21 @@ class ComputeClock:
     def pop_intervals(self) -> list[tuple[float, float]]:
         intervals, self._intervals = getattr(self, "_intervals", []), []
         return intervals
+
+
+@contextlib.contextmanager
+def building():
+    """Around an actor's start-up (imports, engines, model loads): no automatic garbage collection,
+    since each full collection walks the millions of objects that importing torch, transformers,
+    DeepSpeed or vLLM makes, and those live as long as the process. After it, one collection frees
+    whatever start-up left in cycles, and the survivors are frozen out of every later collection."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
 
 
 def computing(method: F) -> F:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from actors.shell import ComputeClock, computing
+from actors.shell import ComputeClock, building, computing
 from rlhf_dist.config.stages import StageConfig
 from rlhf_dist.stages.trainer import StageTrainer
 from rlhf_dist.weight_sync.group import free_port, node_ip
@@ -20,7 +20,8 @@ class StageWorker(ComputeClock):
         return node_ip(), free_port()
 
     def setup(self, kind: str, cfg: StageConfig, model_path: str, pad_id: int, world_size: int, addr: str, port: int) -> bool:
-        self.trainer = StageTrainer(kind, cfg, model_path, pad_id, self.rank, world_size, addr, port)
+        with building():
+            self.trainer = StageTrainer(kind, cfg, model_path, pad_id, self.rank, world_size, addr, port)
         return True
 
     def reference_logprobs(self, pairs: list) -> list[tuple[float, float]]:

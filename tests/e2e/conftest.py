@@ -11,9 +11,11 @@ module pays Ray's start once.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,11 +40,15 @@ def ray_head():
     """{"address": dashboard URL, "metrics": metrics export port, "env": the env a job's CLI runs with}."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the job's `python` is ours
     env.pop("RAY_ADDRESS", None)
-    proc, address, metrics = start_head(env)
+    # A temp dir of its own: heads started side by side in one /tmp/ray race for its `session_latest`
+    # link, and a job's runtime env then points at the other head's packages (RuntimeEnvSetupError).
+    temp = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
+    proc, address, metrics = start_head(env, f"--temp-dir={temp}")
     try:
         yield {"address": address, "metrics": metrics, "env": env}
     finally:
         stop_process_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def start_head(env: dict, *extra: str) -> tuple[subprocess.Popen, str, int]:
