@@ -171,16 +171,15 @@ def no_tool_accuracy(policy: Path, pairs: list[tuple[int, int]], seed: int) -> f
 
     math_rule = bind_rule("math", {})
     tok, model = load_tokenizer(str(policy), False), load_causal_lm(str(policy), "float32", False).eval()
+    tok.padding_side = "left"  # one batch: every prompt ends where generation starts
+    texts = [tok.apply_chat_template(question(a, b), add_generation_prompt=True, tokenize=False) for a, b in pairs]
+    batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     torch.manual_seed(seed)
-    right = 0
-    for a, b in pairs:
-        ids = tok(tok.apply_chat_template(question(a, b), add_generation_prompt=True, tokenize=False),
-                  add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(ids, do_sample=True, temperature=TEMPERATURE, max_new_tokens=16,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        reply = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        right += math_rule("", reply, {"answer": str(a * b)}) > 0
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=TEMPERATURE, max_new_tokens=16,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    replies = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    right = sum(math_rule("", reply, {"answer": str(a * b)}) > 0 for reply, (a, b) in zip(replies, pairs))
     return right / len(pairs)
 
 

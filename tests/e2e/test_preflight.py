@@ -129,7 +129,7 @@ def test_gpus_on_a_machine_without_them_and_more_cpus_than_cores(user_files):
     err = refused(user_files, "train", "--run-dir", "run", "placement.learner.num_gpus=1", f"placement.learner.num_cpus={cores}")
     assert "placement.learner.num_gpus=1 asks for GPUs, but this machine has none that torch can see" in err
     assert "set them to 0 for a CPU run" in err
-    assert f"rlhf-dist: warning: this run asks for {2 * cores + 1:g} CPUs" in err and f"this machine has {cores} cores" in err
+    assert f"rlhf-dist: warning: this run asks for {2 * cores + 0.75:g} CPUs" in err and f"this machine has {cores} cores" in err
 
 
 def test_resource_checks_are_local_and_plan_warns(monkeypatch, capsys):
