@@ -31,8 +31,8 @@ class Learner(ComputeClock):
         self, cfg: RunConfig, model_path: str, world_size: int, master_addr: str, master_port: int,
         critic_path: str | None = None, reference: ReferenceSpec | None = None,
     ) -> bool:
-        """Join the world and build the engines; with ``reference`` (a CPU run whose reference lives in
-        the learner ranks), also load the frozen reference beside the policy."""
+        """Join the world and build the engines; with ``reference`` (``placement.reference.colocate_with:
+        learner_process``: no reference actors), also load the frozen reference beside the policy."""
         with building():
             self.core = LearnerCore(cfg, model_path, self.rank, world_size, master_addr, master_port, critic_path)
             if reference is not None:
