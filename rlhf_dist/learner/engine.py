@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import torch
 
@@ -84,8 +85,6 @@ def import_muon_uncompiled() -> None:
     which pulls in TorchInductor: ~2.7 s of CPU per rank, for an optimizer we never build. With
     TORCHDYNAMO_DISABLE set only for this import the decorators return the plain functions; every
     later ``torch.compile`` in the process is untouched."""
-    import sys
-
     if MUON_MODULE in sys.modules:
         return
     before = os.environ.get("TORCHDYNAMO_DISABLE")

@@ -203,9 +203,9 @@ def _groups(cfg: RunConfig) -> tuple[list[Group], list[Slot]]:
     }
     groups: list[Group] = []
     slots: list[Slot] = []
-    roles = [r for r in ROLE_ORDER if r in ("learner", "rollout") or resources[r].colocate_with in (None, "learner_process")]
-    guests = [r for r in ("reference", "reward") if r not in roles and counts[r]]  # in the learners' bundles
-    roles = [r for r in roles if counts[r] or r in ("learner", "rollout")]
+    roles = [r for r in ROLE_ORDER if r in ("learner", "rollout") or (counts[r] and resources[r].colocate_with is None)]
+    # In the learners' bundles (a reference held by the learner ranks has no workers: counts 0).
+    guests = [r for r in ("reference", "reward") if counts[r] and resources[r].colocate_with == "learner"]
     if place.colocate or guests:
         _check_colocation(cfg, guests)
         hosts = ["learner", "rollout"] if place.colocate else ["learner"]
