@@ -15,9 +15,6 @@ from rlhf_dist.rewards.functions import Extras
 @ray.remote
 class RewardScorer(ComputeClock):
     def __init__(self, cfg: RewardConfig):
-        import torch
-
-        torch.set_num_threads(1)
         with building():
             self.reward = CompositeReward(cfg)
 

@@ -1,4 +1,5 @@
-"""What every actor shell shares: one torch thread, the devices its bundle assigned (and no others),
+"""What every actor shell shares: the threads its placement plans (rlhf_dist/planning/threads.py), the
+devices its bundle assigned (and no others),
 and a record of when it was computing (`ComputeClock`, `computing`).
 """
 
@@ -18,7 +19,8 @@ from rlhf_dist.checkpoints.files import rng_state, set_rng_state
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# One torch thread per process: on 2 cores, two threads made a tiny-model step ~6x slower.
+# One thread unless the plan says more (each role's actors get OMP_NUM_THREADS in their own runtime_env,
+# launch/roles.py): on 2 cores, two threads in every process at once made a tiny-model step ~6x slower.
 ACTOR_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -36,12 +38,23 @@ NCCL_ENV = {"NCCL_CUMEM_ENABLE": "0"}
 
 def actor_env() -> dict[str, str]:
     """The env_vars of every actor's runtime_env (launch/roles.py `start_ray`)."""
-    env = {k: os.environ.get(k, v) for k, v in ACTOR_ENV.items()}
+    env = dict(ACTOR_ENV)
     env |= DEVICE_ENV | NCCL_ENV
     if os.environ.get("PYTHONPATH"):
         # `module:function` reward components must import in the actors as they do here.
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
+
+
+def use_planned_threads() -> int:
+    """Compute with the OMP_NUM_THREADS threads the plan gave this actor (its runtime_env); returns them.
+    Set before any engine starts: vLLM's CPU worker forbids changing them afterwards."""
+    import torch
+
+    raw = os.environ.get("OMP_NUM_THREADS", "1")
+    threads = int(raw) if raw.isdigit() and int(raw) > 0 else 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 def use_assigned_devices() -> bool:
@@ -68,6 +81,7 @@ class ComputeClock:
     def __new__(cls, *args: Any, **kwargs: Any):
         route_output_to_log()
         use_assigned_devices()
+        use_planned_threads()
         return super().__new__(cls)
 
     def cuda_device(self) -> str | None:
@@ -95,6 +109,12 @@ class ComputeClock:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def threads(self) -> int:
+        """The torch threads this actor computes with (tests check them against the placement plan)."""
+        import torch
+
+        return torch.get_num_threads()
 
     def rng_state(self) -> dict:
         """This actor's torch/numpy/python RNG states, for checkpoints."""

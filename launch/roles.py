@@ -139,15 +139,18 @@ def release(actors: list[Any], groups: list[PlacementGroup]) -> None:
         remove_placement_group(group)
 
 
-def _options(name: str, res: RoleResources, restarts: int = 0) -> dict:
-    """Actor options. ``restarts``: how often Ray restarts a dead actor. Its failed calls are not
+def _options(name: str, res: RoleResources, threads: int, restarts: int = 0) -> dict:
+    """Actor options: its resources, and its planned threads (OMP_NUM_THREADS, which torch and vLLM
+    read as they start). ``restarts``: how often Ray restarts a dead actor. Its failed calls are not
     retried by Ray (``max_task_retries=0``): the driver re-syncs weights first, then redoes them."""
     options = {
         "name": name, "num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_concurrency": 1,
         "max_restarts": restarts, "max_task_retries": 0,
     }
-    runtime_env = console.actor_runtime_env(name)  # its output to RUN_DIR/logs/<name>.log
-    return options | ({"runtime_env": runtime_env} if runtime_env else {})
+    runtime_env = console.actor_runtime_env(name) or {}  # its output to RUN_DIR/logs/<name>.log
+    env_vars = runtime_env.setdefault("env_vars", {})
+    env_vars["OMP_NUM_THREADS"] = str(threads)  # Ray merges these with the job's
+    return options | {"runtime_env": runtime_env}
 
 
 def reserve(plan: Plan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> dict[str, PlacementGroup]:
@@ -174,6 +177,15 @@ def reserve(plan: Plan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> dict[str, Pla
     return groups
 
 
+def _placed(
+    plan: Plan, groups: dict[str, PlacementGroup], role: str, index: int, res: RoleResources, restarts: int = 0,
+    name: str | None = None,
+) -> dict:
+    """The options that start actor ``role-index`` (or ``name``) in its planned bundle, with its planned threads."""
+    threads = plan.threads_of(role, index)
+    return _options(name or f"{role}-{index}", res, threads, restarts) | _slot(plan, groups, role, index)
+
+
 def _slot(plan: Plan, groups: dict[str, PlacementGroup], role: str, index: int) -> dict:
     """The scheduling option that starts actor ``role-index`` in its planned bundle."""
     slot = plan.slot(role, index)
@@ -188,7 +200,7 @@ def start_world(
     ``actor_cls(rank)`` must have ``rendezvous_address()``; actors are named ``{name}-{rank}``.
     A rank is never restarted: a DeepSpeed world cannot take a new rank."""
     ranks = [
-        actor_cls.options(**_options(f"{name}-{i}", res), **_slot(plan, groups, "learner", i)).remote(i)
+        actor_cls.options(**_placed(plan, groups, "learner", i, res, name=f"{name}-{i}")).remote(i)
         for i in range(len(plan.role_slots("learner")))
     ]
     return ranks, gather([ranks[0].rendezvous_address.remote()], name)[0]
@@ -222,23 +234,21 @@ def _start_actors(
     if cfg.rollout.multi_turn is not None:
         multi_turn = MultiTurnSpec.from_config(cfg)
     rollout = [
-        RolloutWorker.options(
-            **_options(f"rollout-{i}", place.rollout, restarts), **_slot(plan, groups, "rollout", i)
-        ).remote(EngineSpec.from_config(cfg, model_path, seed + i), multi_turn)
+        RolloutWorker.options(**_placed(plan, groups, "rollout", i, place.rollout, restarts)).remote(
+            EngineSpec.from_config(cfg, model_path, seed + i), multi_turn
+        )
         for i in range(cfg.rollout.num_workers)
     ]
     reward = [
-        RewardScorer.options(
-            **_options(f"reward-{i}", place.reward, restarts), **_slot(plan, groups, "reward", i)
-        ).remote(cfg.reward)
+        RewardScorer.options(**_placed(plan, groups, "reward", i, place.reward, restarts)).remote(cfg.reward)
         for i in range(cfg.reward.num_workers)
     ]
     reference_spec = ReferenceSpec.from_config(cfg, model_path)
     in_learners = place.reference_in_learners
     reference = [] if in_learners else [
-        ReferenceActor.options(
-            **_options(f"reference-{i}", place.reference, restarts), **_slot(plan, groups, "reference", i)
-        ).remote(reference_spec)
+        ReferenceActor.options(**_placed(plan, groups, "reference", i, place.reference, restarts)).remote(
+            reference_spec
+        )
         for i in range(cfg.reference.num_workers)
     ]
     learners, (master_addr, master_port) = start_world(Learner, plan, groups, place.learner)

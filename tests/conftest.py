@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every actor one thread whatever its plan (rlhf_dist/planning/threads.py): deterministic runs, and
+# two test processes do not fight for the 2 cores.
+os.environ.setdefault("RLHF_DIST_MAX_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -58,7 +58,6 @@ class Learner:
         master_port: int,
         critic_path: str | None = None,
     ):
-        torch.set_num_threads(1)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.backend = init_learner_world(rank, world_size, master_addr, master_port)
         self.device = torch.device("cuda", 0) if self.backend == "nccl" else torch.device("cpu")

@@ -42,7 +42,6 @@ class ReferenceSpec:
 
 class ReferenceModel:
     def __init__(self, spec: ReferenceSpec):
-        torch.set_num_threads(1)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.model = load_causal_lm(spec.model_path, spec.dtype, spec.trust_remote_code).to(self.device).eval()
         self.model.requires_grad_(False)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from rlhf_dist.config.placement import RoleResources
 from rlhf_dist.config.schema import RunConfig
 from rlhf_dist.errors import UserError
+from rlhf_dist.planning.threads import plan_threads, thread_cap
 
 ROLE_ORDER = ("learner", "rollout", "reference", "reward")
 COLOCATED = "rollout+learner"
@@ -104,6 +105,7 @@ class Plan:
     slots: list[Slot]
     nodes: list[NodeResources]
     reference_in_learners: bool = False  # the learner ranks compute the reference log-probs (learner_process)
+    threads: dict[str, int] = field(default_factory=dict)  # torch/OpenMP threads per actor (planning/threads.py)
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
@@ -129,6 +131,14 @@ class Plan:
         n = int(round(slot.num_gpus))
         return f"{'cuda:0' if n == 1 else f'cuda:0-{n - 1}'} ({n} GPU{'s' * (n != 1)}; {where})"
 
+    def threads_of(self, role: str, index: int) -> int:
+        """The torch/OpenMP threads planned for actor ``role-index`` (1 if the plan has none)."""
+        return self.threads.get(f"{role}-{index}", 1)
+
+    def _threads(self, slot: Slot) -> str:
+        n = self.threads.get(slot.name)
+        return "" if n is None else f", {n} thread{'s' * (n != 1)}"
+
     def node_label(self, node_id: str) -> str:
         return next((n.label for n in self.nodes if n.node_id == node_id), node_id[:12])
 
@@ -146,7 +156,7 @@ class Plan:
                 lines.append(f"  bundle {b}  {_fmt_bundle(bundle):<18}  node {labels[node]:<12}  {actors}")
         lines.append("devices")
         for slot in sorted(self.slots, key=lambda s: (ROLE_ORDER.index(s.role), s.index)):
-            lines.append(f"  {slot.name:<12}  {self.device(slot)}")
+            lines.append(f"  {slot.name:<12}  {self.device(slot)}{self._threads(slot)}")
         if self.reference_in_learners:
             lines.append(f"  {'reference':<12}  in every learner rank, beside the policy (no reference actors)")
         lines.append("nodes")
@@ -179,7 +189,9 @@ def plan_placement(cfg: RunConfig, nodes: list[NodeResources]) -> Plan:
     slots = [
         Slot(s.role, s.index, s.group, s.bundle, node_of[(s.group, s.bundle)], s.num_cpus, s.num_gpus) for s in slots
     ]
-    return Plan(groups, slots, nodes, cfg.placement.reference_in_learners)
+    cores = {n.node_id: n.cpus for n in nodes}
+    threads = plan_threads(slots, cores, overlapped=cfg.rollout.async_steps > 0, cap=thread_cap())
+    return Plan(groups, slots, nodes, cfg.placement.reference_in_learners, threads)
 
 
 # -- groups and slots -------------------------------------------------------------------------
@@ -375,4 +387,5 @@ def plan_world(count: int, res: RoleResources, strategy: str, nodes: list[NodeRe
            + ("GPU nodes" if res.num_gpus > 0 else "nodes or CPUs"))
     group.nodes = _place(group, nodes, free, [], fix)
     slots = [Slot("learner", i, group.name, i, node, res.num_cpus, res.num_gpus) for i, node in enumerate(group.nodes)]
-    return Plan([group], slots, nodes)
+    threads = plan_threads(slots, {n.node_id: n.cpus for n in nodes}, overlapped=False, cap=thread_cap())
+    return Plan([group], slots, nodes, threads=threads)

@@ -30,7 +30,6 @@ KINDS = ("sft", "rm", "dpo")
 class StageTrainer:
     def __init__(self, kind: str, cfg: StageConfig, model_path: str, pad_id: int, rank: int, world_size: int, addr: str, port: int):
         assert kind in KINDS, kind
-        torch.set_num_threads(1)
         self.kind, self.cfg, self.pad, self.rank, self.world_size = kind, cfg, pad_id, rank, world_size
         self.backend = init_learner_world(rank, world_size, addr, port)
         self.device = torch.device("cuda", 0) if self.backend == "nccl" else torch.device("cpu")

@@ -34,8 +34,9 @@ def cluster():
         yield c, by_resource | {"dashboard": f"http://{context.dashboard_url}"}
 
 
-def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path):
+def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path, monkeypatch):
     _, node = cluster
+    monkeypatch.delenv("RLHF_DIST_MAX_THREADS")  # the threads the plan gives, not the suite's one
     cfg = load_config(None, [*OVERRIDES, "rollout.engine=hf"])
     plan = plan_placement(cfg, live_nodes())
     assert plan.group("learner").nodes == [node["learners"]] * 2
@@ -52,6 +53,12 @@ def test_plan_and_actors_follow_the_declared_gpus(cluster, tmp_path):
         assert where[:3] == [node["learners"], node["learners"], node["generators"]]
         planned = [s.node_id for role in ("reference", "reward") for s in plan.role_slots(role)]
         assert where[3:] == planned
+        # Each node's cores shared by the actors of one phase there: two learner ranks on a 2-CPU node
+        # one thread each, the engine alone on its 2-CPU node both.
+        actors = {"learner": roles.learners, "rollout": roles.rollout, "reward": roles.reward}
+        threads = {f"{role}-{i}": t for role, group in actors.items()
+                   for i, t in enumerate(ray.get([a.threads.remote() for a in group]))}
+        assert threads == plan.threads and threads["rollout-0"] == 2 and threads["learner-0"] == 1
     finally:
         stop_roles(roles, shutdown=False)
     assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())

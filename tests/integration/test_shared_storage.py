@@ -8,6 +8,7 @@ node and what each sees are real. Skipped where mount namespaces are not allowed
 container without CAP_SYS_ADMIN).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -44,23 +45,44 @@ def cluster(tmp_path_factory):
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     c.add_node(num_cpus=1)
     ray.init(address=c.address)
-    joined = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs tmpfs '{hidden}' && exec '{BIN / 'ray'}' start --address={c.address} --num-cpus=1 "
-         "--resources='{\"own_disk\": 1}' --disable-usage-stats --block"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    joined = None
     try:
-        deadline = time.time() + 120
-        while sum(n["Alive"] for n in ray.nodes()) < 3:
-            assert joined.poll() is None and time.time() < deadline, joined.stderr and joined.stderr.read()[-2000:]
-            time.sleep(1)
+        joined = _join_own_disk_node(c.address, hidden)
         yield root
     finally:
         ray.shutdown()
-        os.killpg(joined.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes
-        joined.wait(timeout=60)
+        if joined is not None:
+            os.killpg(joined.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes
+            joined.wait(timeout=60)
         c.shutdown()
+
+
+def _start_own_disk_node(address: str, hidden: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs '{hidden}' && exec '{BIN / 'ray'}' start --address={address} --num-cpus=1 "
+         "--resources='{\"own_disk\": 1}' --disable-usage-stats --block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def _join_own_disk_node(address: str, hidden: Path, attempts: int = 3) -> subprocess.Popen:
+    """Start the third node and wait until it is alive. On a loaded machine its raylet can time out
+    registering with the GCS (``ray start`` exits: "Deadline Exceeded"); then it is started again."""
+    for attempt in range(1, attempts + 1):
+        joined = _start_own_disk_node(address, hidden)
+        deadline = time.time() + 120
+        while sum(n["Alive"] for n in ray.nodes()) < 3 and joined.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        if sum(n["Alive"] for n in ray.nodes()) >= 3:
+            return joined
+        error = joined.stderr.read()[-2000:] if joined.poll() is not None else b"no node within 120 s"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(joined.pid, signal.SIGTERM)
+        joined.wait(timeout=60)
+        if attempt == attempts:
+            raise AssertionError(f"the own-disk node did not join in {attempts} tries: {error!r}")
+    raise AssertionError("unreachable")
 
 
 def own_disk_node_name():
