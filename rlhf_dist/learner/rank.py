@@ -15,7 +15,6 @@ import torch
 
 from rlhf_dist.algorithms import (
     aggregate_loss,
-    importance_weights,
     kl_estimate,
     masked_mean,
     ppo_policy_loss,
@@ -36,6 +35,7 @@ from rlhf_dist.learner.micro_batches import (
     padded_positions,
     plan_micro_batches,
 )
+from rlhf_dist.learner.proximal import StepTally, from_training_pass
 from rlhf_dist.learner.train_stats import TrainStats
 from rlhf_dist.models.loading import disable_dropout, enable_gradient_checkpointing, load_causal_lm
 from rlhf_dist.models.lora import with_lora
@@ -157,29 +157,31 @@ class Learner:
         weights (``algorithm.is_correction``) on the policy-gradient term (Hilton et al. 2021).
         """
         self._positions = [0, 0]
-        if shard.old_logprobs is None:
-            shard = dataclasses.replace(shard, old_logprobs=self.logprobs(shard))
-        mask = shard.action_mask  # the mismatch is over the tokens the engine sampled
-        diff = torch.where(mask.bool(), (shard.old_logprobs - shard.rollout_logprobs).abs(), 0.0)
-        weights, is_stats = importance_weights(shard.old_logprobs, shard.rollout_logprobs, shard.loss_mask,
-                                               self.is_correction, self.cfg.algorithm.is_cap, self.cfg.algorithm.is_level)
-        stats: dict[str, list[float]] = {}
         per_rank_mini = self.cfg.learner.mini_batch_size // self.world_size
+        algo = self.cfg.algorithm
+        self._tally = tally = StepTally(self.is_correction, algo.is_cap, algo.is_level)
+        weights = None
+        if not from_training_pass(shard, self.cfg.learner.epochs, per_rank_mini):
+            if shard.old_logprobs is None:
+                shard = dataclasses.replace(shard, old_logprobs=self.logprobs(shard))
+            weights = tally.add(shard.old_logprobs, shard)
+        stats: dict[str, list[float]] = {}
         with self._train_mode():
             for _ in range(self.cfg.learner.epochs):
                 for start in range(0, shard.batch_size, per_rank_mini):
                     rows = slice(start, start + per_rank_mini)
-                    for name, value in self._train_mini_batch(shard.select(rows), weights[rows], kl_coef).items():
+                    part_weights = weights[rows] if weights is not None else None
+                    for name, value in self._train_mini_batch(shard.select(rows), part_weights, kl_coef).items():
                         stats.setdefault(name, []).append(value)
         means = {name: sum(v) / len(v) for name, v in stats.items()}
         means.update(_last_values(stats))
         means["train/padding_frac"] = self._padding_frac()
         return TrainStats(
             means=means,
-            response_tokens=float(mask.sum()),
-            logprob_abs_diff_sum=float(diff.sum()),
-            logprob_abs_diff_max=float(diff.max()) if diff.numel() else 0.0,
-            importance=is_stats if self.is_correction != "none" else None,
+            response_tokens=float(shard.action_mask.sum()),
+            logprob_abs_diff_sum=tally.diff_sum,
+            logprob_abs_diff_max=tally.diff_max,
+            importance=tally.importance if self.is_correction != "none" else None,
             # since the process began: the engine, the passes, this step
             memory_peak_bytes=float(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None,
         )
@@ -195,7 +197,7 @@ class Learner:
         tokens, sequences = all_reduce(counts, "sum", self.world_size, self.device)
         return float(tokens), float(sequences)
 
-    def _train_mini_batch(self, mini: Experience, is_weights: torch.Tensor, kl_coef: float) -> dict[str, float]:
+    def _train_mini_batch(self, mini: Experience, is_weights: torch.Tensor | None, kl_coef: float) -> dict[str, float]:
         """One optimizer step: a backward per micro-batch, gradients accumulated, then the step.
 
         The accumulation boundary is set by hand (not counted by DeepSpeed against its configured
@@ -212,7 +214,8 @@ class Learner:
             for _, engine in self._engines():
                 engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             mb = part.take(mini)
-            step_stats, finite = self._policy_micro_step(mb, part.cut(is_weights), kl_coef, num_tokens, num_seqs, scale)
+            weights = part.cut(is_weights) if is_weights is not None else None
+            step_stats, finite = self._policy_micro_step(mb, weights, bool(part.rows), kl_coef, num_tokens, num_seqs, scale)
             nonfinite = max(nonfinite, float(not finite))
             if self.critic is not None:
                 critic_stats, critic_finite = self._critic_micro_step(mb, num_tokens, num_seqs, scale)
@@ -244,15 +247,24 @@ class Learner:
         return stats.result(summed, maxed)
 
     def _policy_micro_step(
-        self, mb: Experience, is_weights: torch.Tensor, kl_coef: float, num_tokens: float, num_seqs: float, scale: float
+        self, mb: Experience, is_weights: torch.Tensor | None, real: bool, kl_coef: float, num_tokens: float,
+        num_seqs: float, scale: float,
     ) -> tuple[MicroStats, bool]:
-        """One micro-batch's policy loss and backward; returns its statistics and whether the loss was finite."""
+        """One micro-batch's policy loss and backward; returns its statistics and whether the loss was finite.
+        Without ``mb.old_logprobs`` this pass is the proximal one (`proximal.py`): its own log-probs,
+        detached, and ``real`` rows (not a stand-in pass) count in the step's tally."""
         algo = self.cfg.algorithm
         mask = mb.loss_mask.to(self.device)
         logp, entropy = self._logprobs(mb, with_entropy=True)
+        if mb.old_logprobs is None:
+            old = logp.detach()
+            counted = self._tally.add(old, mb) if real else None
+            is_weights = counted if real else torch.ones_like(old)
+        else:
+            old = mb.old_logprobs.to(self.device)
         weights = is_weights.to(self.device) if self.is_correction != "none" else None
         loss, pstats = ppo_policy_loss(
-            logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device), mask,
+            logp, old, mb.advantages.to(self.device), mask,
             algo.clip_low, algo.clip_high, algo.loss_agg, num_tokens, num_seqs, weights=weights,
         )
         stats = MicroStats(

@@ -64,13 +64,13 @@ def _batch() -> Experience:
     )
 
 
-def _learner(model_dir, rank, world, port, budget, zero_stage=2) -> Learner:
+def _learner(model_dir, rank, world, port, budget, zero_stage=2, extra=()) -> Learner:
     cfg = load_config(None, [
         "steps=1", f"learner.num_workers={world}", "learner.micro_batch_size=4", "learner.mini_batch_size=16",
         "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "algorithm.name=ppo",
         "algorithm.kl.mode=loss", "algorithm.kl.kind=k3", "data.max_prompt_tokens=6",
         "rollout.sampling.max_new_tokens=10", f"learner.max_tokens_per_micro_batch={budget}",
-        f"learner.zero_stage={zero_stage}",
+        f"learner.zero_stage={zero_stage}", *extra,
     ])
     return Learner(cfg, model_dir, rank=rank, world_size=world, master_addr="127.0.0.1", master_port=port)
 
@@ -150,3 +150,39 @@ def test_two_uneven_ranks_with_a_budget_equal_one_rank(model_dir, fixed_one_rank
     ref_stats, ref_grads, _ = fixed_one_rank
     for rank in ranks:
         _assert_same(rank["stats"], rank["grads"], ref_stats, ref_grads)
+
+
+def test_one_update_takes_the_proximal_log_probs_from_its_own_pass(model_dir):
+    """A step of one optimizer update (one epoch, one mini-batch) skips the separate proximal pass:
+    its statistics, importance weights and gradients equal those of a step given the proximal
+    log-probs from that pass (as the driver gives them under async_steps), with one forward fewer."""
+    tis = ("algorithm.is_correction=tis", "algorithm.is_cap=1.5")
+    runs = []
+    for given in (False, True):
+        learner = _learner(model_dir, 0, 1, free_port(), 0, extra=tis)
+        forwards = []
+        learner.policy.module.register_forward_hook(lambda *_: forwards.append(1))
+        shard = _batch()
+        if given:
+            shard.old_logprobs = learner.logprobs(shard)
+            forwards.clear()
+        grads: dict[str, torch.Tensor] = {}
+        step = learner.policy.step
+
+        def capture(*args, step=step, learner=learner, **kwargs):
+            from deepspeed.utils import safe_get_full_grad
+
+            for name, param in learner.policy.module.named_parameters():
+                grads[name] = safe_get_full_grad(param).detach().clone()
+            return step(*args, **kwargs)
+
+        learner.policy.step = capture
+        runs.append((learner.train(shard, kl_coef=0.1), grads, len(forwards)))
+    (own, own_grads, own_forwards), (given, given_grads, given_forwards) = runs
+    assert own_forwards == given_forwards == 3  # 12 rows in micro-batches of 4; no extra pass
+    _assert_same(own.means, own_grads, given.means, given_grads)
+    assert own.importance.clipped > 0 and own.importance.tokens == given.importance.tokens
+    for key in ("weight_sum", "clipped", "weight_max"):
+        assert getattr(own.importance, key) == pytest.approx(getattr(given.importance, key), rel=1e-5), key
+    assert own.logprob_abs_diff_sum == pytest.approx(given.logprob_abs_diff_sum, rel=1e-5)
+    assert own.logprob_abs_diff_max == pytest.approx(given.logprob_abs_diff_max, rel=1e-5)
