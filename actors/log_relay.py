@@ -47,6 +47,9 @@ KNOWN_NOISE = (
     "requires Triton",
     "is not found in LD_PRELOAD",
     "doesn't allow to use `torch.set_num_threads`",
+    # The threads the placement plan gives the engine (rlhf_dist/planning/threads.py): on-policy it
+    # generates alone, so no other process spins beside its OpenMP threads.
+    "for serving. Multi-threaded torch CPU ops during serving",
     "sleep mode is not supported",
     # vLLM's CPU build sets its Mamba cache dtype at start-up, for any model: ours have no SSM layers.
     "Reset SSM cache type to float32",

@@ -126,6 +126,20 @@ def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, loca
     assert _comparable(resumed) == _comparable(read_metrics(tmp_path / "reference" / "metrics.jsonl"))
 
 
+def test_multi_turn_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, local_ray):
+    """Multi-turn trajectories with an env that pays by what it said (examples/envs/letter_echo.py):
+    each env is seeded from (run seed, step, prompt, sample), so the resumed run replays the very
+    conversations of the uninterrupted one, step for step."""
+    overrides = [*OVERRIDES, "rollout.multi_turn.env=examples.envs.letter_echo:LetterEchoEnv",
+                 "rollout.multi_turn.max_turns=2", "reward.components=[]", "reward.gold=null",
+                 "rollout.sampling.max_new_tokens=8", "rollout.prompts_per_step=8"]
+    reference = train(load_config(None, overrides), tmp_path / "reference", progress=False).records
+    assert all(r["rollout/turns_mean"] > 1 for r in reference)  # the env answered: real conversations
+    resumed = _kill_after_a_checkpoint_then_resume(tmp_path / "run", overrides, tmp_path)
+    assert [r["step"] for r in resumed] == list(range(STEPS))
+    assert _comparable(resumed) == _comparable(read_metrics(tmp_path / "reference" / "metrics.jsonl"))
+
+
 def test_killed_rollout_and_reward_actors_are_restarted_and_nothing_is_lost(reference_run, tmp_path, local_ray):
     run_dir = tmp_path / "run"
     killed: list[str] = []
