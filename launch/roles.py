@@ -17,7 +17,7 @@ from actors.learner import Learner
 from actors.reference import ReferenceActor
 from actors.reward import RewardScorer
 from actors.rollout import RolloutWorker
-from actors.shell import actor_env
+from actors.shell import ACTOR_ENV, actor_env
 from launch import console
 from launch.cluster import live_nodes, required_cpus
 from rlhf_dist.config import RunConfig
@@ -148,9 +148,11 @@ def _options(name: str, res: RoleResources, threads: int, restarts: int = 0) -> 
         "max_restarts": restarts, "max_task_retries": 0,
     }
     runtime_env = console.actor_runtime_env(name) or {}  # its output to RUN_DIR/logs/<name>.log
-    env_vars = runtime_env.setdefault("env_vars", {})
-    env_vars["OMP_NUM_THREADS"] = str(threads)  # Ray merges these with the job's
-    return options | {"runtime_env": runtime_env}
+    if threads != int(ACTOR_ENV["OMP_NUM_THREADS"]):
+        # Ray merges these with the job's. Left out when the job's value holds: an actor without a
+        # runtime_env of its own can start in one of the workers Ray keeps ready.
+        runtime_env.setdefault("env_vars", {})["OMP_NUM_THREADS"] = str(threads)
+    return options | ({"runtime_env": runtime_env} if runtime_env else {})
 
 
 def reserve(plan: Plan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> dict[str, PlacementGroup]:
