@@ -31,6 +31,12 @@ def init_learner_world(rank: int, world_size: int, master_addr: str, master_port
         # inference all-reduce uses. The plain `import deepspeed.comm.torch` binds the real torch
         # package, so reach the module through importlib (STACK-NOTES).
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        # DeepSpeed caches a clone of the world group per process. If an earlier world in this
+        # process was torn down (an in-process vLLM engine destroys the default group when it
+        # shuts down), that clone belongs to no live world and the engine's first broadcast fails
+        # with "Group ... is not registered"; a fresh world needs a fresh clone.
+        importlib.import_module("deepspeed.utils.groups")._WORLD_GROUP = None
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return backend
 
