@@ -20,6 +20,9 @@ from rlhf_dist.weight_sync.adapters import AdapterVersions, vllm_max_lora_rank
 from rlhf_dist.weight_sync.buckets import WeightLayout
 from rlhf_dist.weight_sync.transports import GeneratorRoute
 
+# vLLM's scheduler step on CPU, in tokens (its own CPU default is 4096): see `VLLMEngine.__init__`.
+CPU_STEP_TOKENS = 16384
+
 
 class VLLMEngine:
     """vLLM's offline `LLM`, with a worker extension that receives weights over the sync group.
@@ -43,6 +46,10 @@ class VLLMEngine:
         self.sleep_mode = spec.colocate and torch.cuda.is_available()
         self.asleep = False
         tp = spec.tensor_parallel_size
+        # On CPU a call is served in batches whose prompts fit one scheduler step (`generate`); a
+        # larger step than vLLM's CPU default (4096 tokens) keeps a whole rollout call, and each turn
+        # call of multi-turn trajectories (whose prompts hold every earlier turn), to one batch.
+        cpu_args = {} if torch.cuda.is_available() else {"max_num_batched_tokens": max(CPU_STEP_TOKENS, spec.max_model_len)}
         self.lora_request = None
         lora_args = {}
         if spec.lora_rank is not None:  # adapter-only sync: every version arrives as an adapter
@@ -68,6 +75,7 @@ class VLLMEngine:
             # tensor-parallel ranks are local processes, not Ray actors of their own.
             **({"distributed_executor_backend": "mp"} if tp > 1 else {}),
             **lora_args,
+            **cpu_args,
         )
 
     @property

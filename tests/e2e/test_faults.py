@@ -127,10 +127,10 @@ def test_async_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, loca
 
 
 def test_multi_turn_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, local_ray):
-    """Multi-turn trajectories with an env that pays by what it said (examples/envs/letter_echo.py):
+    """Multi-turn trajectories with an env that pays by what it said (examples/envs/word_echo.py):
     each env is seeded from (run seed, step, prompt, sample), so the resumed run replays the very
     conversations of the uninterrupted one, step for step."""
-    overrides = [*OVERRIDES, "rollout.multi_turn.env=examples.envs.letter_echo:LetterEchoEnv",
+    overrides = [*OVERRIDES, "rollout.multi_turn.env=examples.envs.word_echo:WordEchoEnv",
                  "rollout.multi_turn.max_turns=2", "reward.components=[]", "reward.gold=null",
                  "rollout.sampling.max_new_tokens=8", "rollout.prompts_per_step=8"]
     reference = train(load_config(None, overrides), tmp_path / "reference", progress=False).records

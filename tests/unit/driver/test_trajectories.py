@@ -22,7 +22,7 @@ from rlhf_dist.rollout.requests import Sample, TurnInfo
 N = 2
 PROMPTS = [Prompt(i, f"prompt {i}", [5, 6 + i], {}) for i in range(4)]
 MULTI = ["rollout.prompts_per_step=2", f"rollout.samples_per_prompt={N}", "learner.mini_batch_size=4",
-         "learner.micro_batch_size=2", "rollout.multi_turn.env=examples.envs.letter_echo:LetterEchoEnv",
+         "learner.micro_batch_size=2", "rollout.multi_turn.env=examples.envs.word_echo:WordEchoEnv",
          "reward.components=[]"]
 
 
@@ -72,7 +72,7 @@ def test_too_many_failures_stop_the_run_with_one_paragraph(tmp_path):
     with pytest.raises(RunFailed) as raised:
         p._check_trajectories(4, round_)
     message = str(raised.value)
-    assert "1 of 4 trajectories failed" in message and "examples.envs.letter_echo:LetterEchoEnv raised RuntimeError: boom" in message
+    assert "1 of 4 trajectories failed" in message and "examples.envs.word_echo:WordEchoEnv raised RuntimeError: boom" in message
     assert str(errors) in message
     assert [json.loads(line)["prompt_index"] for line in errors.read_text().splitlines()] == [0]
 

@@ -1,11 +1,11 @@
 """The shipped multi-turn examples: the GSM8K tool config loads with its calculator tool, the
-calculator does arithmetic and nothing else, and the letter-echo env pays only a policy that reads it."""
+calculator does arithmetic and nothing else, and the word-echo env pays only a policy that reads it."""
 
 from pathlib import Path
 
 import pytest
 
-from examples.envs.letter_echo import LetterEchoEnv
+from examples.envs.word_echo import WORDS, WordEchoEnv
 from rlhf_dist.config import load_config
 from rlhf_dist.envs import ToolError
 from rlhf_dist.rollout.multi_turn import load_tools
@@ -27,7 +27,7 @@ def test_the_tools_gsm8k_example_loads_with_its_calculator():
 
 def test_the_multiturn_env_example_is_a_valid_config():
     cfg = load_config(str(EXAMPLES / "multiturn_env.yaml"))
-    assert cfg.rollout.multi_turn.env == "examples.envs.letter_echo:LetterEchoEnv" and cfg.reward.components == []
+    assert cfg.rollout.multi_turn.env == "examples.envs.word_echo:WordEchoEnv" and cfg.reward.components == []
 
 
 def play(env, first, second):
@@ -36,13 +36,21 @@ def play(env, first, second):
     return asked.observation, env.step(second)
 
 
-def test_the_letter_echo_env_pays_for_the_letter_it_named():
-    row = {"prompt": [{"role": "user", "content": "write letters: cat"}]}
-    said, step = play(LetterEchoEnv(row), "anything", "")
-    letter = LetterEchoEnv(row).letter
-    assert said == f"say {letter * 6}" and step.done and step.reward == 0.0
-    assert play(LetterEchoEnv(row), "x", letter * 4 + " b")[1].reward == pytest.approx(0.8)
-    # a reply that ignores the env: over many prompts, at most 1 in 4
-    rewards = [play(LetterEchoEnv({"prompt": [{"role": "user", "content": f"p{i}"}]}), "x", "aaaa")[1].reward
-               for i in range(400)]
-    assert 0.15 < sum(rewards) / len(rewards) < 0.35
+def test_the_word_echo_env_pays_for_the_word_it_named():
+    env = WordEchoEnv({"prompt": [{"role": "user", "content": "write letters: cat"}]})
+    env.seed = 7
+    said, step = play(env, "anything", "")
+    assert said == "say" + f" {env.word}" * 8 and env.word in WORDS and step.done and step.reward == 0.0
+
+    def reward(seed, reply):
+        env = WordEchoEnv({})
+        env.seed = seed
+        env.reset()
+        return play(env, "x", reply.format(word=env.word))[1].reward
+
+    assert reward(7, "{word} {word}") == 1.0 and reward(7, "{word} x {word} y") == 0.5 and reward(7, "") == 0.0
+    assert reward(7, "{word}s") == 0.0  # whole words only
+    # the word follows the env's seed, so replies that ignore the env score 1 in 4 whatever they say
+    for fixed in WORDS:
+        mean = sum(reward(seed, fixed) for seed in range(400)) / 400
+        assert 0.18 < mean < 0.32, (fixed, mean)
