@@ -123,25 +123,32 @@ def test_a_template_that_cannot_extend_a_conversation_is_refused_before_ray(tmp_
     assert "starting Ray" not in out.stderr + out.stdout and "Traceback" not in out.stderr
 
 
-def test_multi_turn_trains_with_lora_zero3_async_and_a_token_budget_on_vllm(tmp_path, local_ray):
-    """Multi-turn with what single-turn runs ship with, all at once: vLLM serving a LoRA adapter that
-    arrives alone at every sync, two ZeRO-3 ranks with token-budget micro-batches, and one step of
-    rollouts generated ahead (with the IS correction). The first step's batch was sampled by the very
+def test_multi_turn_trains_with_what_single_turn_runs_ship_with(tmp_path, local_ray):
+    """Multi-turn with everything a single-turn run may switch on, at once: vLLM serving a LoRA adapter
+    that arrives alone at every sync, two ZeRO-3 ranks with token-budget micro-batches, one step of
+    rollouts generated ahead (with the IS correction), dynamic sampling, the overlong penalty, and eval
+    on held-out prompts (multi-turn rollouts too). The first step's batch was sampled by the very
     weights the learner holds, so its rollout and learner log-probs agree at every model token."""
     from rlhf_dist.models.lora import with_lora
 
     cfg = load_config(None, [
         *BASE, "steps=3", "rollout.engine=vllm", "rollout.multi_turn.env=examples.envs.word_echo:WordEchoEnv",
         "learner.lora.enabled=true", "learner.num_workers=2", "learner.zero_stage=3", "learner.micro_batch_size=4",
-        "learner.max_tokens_per_micro_batch=160", "rollout.async_steps=1", "algorithm.is_correction=tis"])
+        "learner.max_tokens_per_micro_batch=160", "rollout.async_steps=1", "algorithm.is_correction=tis",
+        "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=1", "algorithm.overlong=penalty",
+        "algorithm.overlong_buffer=4", "eval.every=2", "eval.holdout=8", "eval.max_prompts=8"])
     run_dir = tmp_path / "run"
-    records = train(cfg, run_dir, progress=False).records
+    logged = train(cfg, run_dir, progress=False).records
+    records = [r for r in logged if "policy/loss" in r]  # the last record is the final eval alone
     assert [r["step"] for r in records] == [0, 1, 2]
     assert all(r["rollout/turns_mean"] == 2 and r["rollout/error_frac"] == 0 for r in records)
     assert records[0]["rollout/logprob_abs_diff"] < 1e-4  # tokens held exactly, masks aligned, over two turns
     assert all(torch.isfinite(torch.tensor(r["policy/loss"])) for r in records)
     assert records[0]["rollout/staleness_max"] == 0 and max(r["rollout/staleness_max"] for r in records[1:]) == 1
     assert all(0 < r["is/weight_mean"] <= 2.0 for r in records)  # the correction weighed the stale batches
+    assert all(1 <= r["rollout/sampling_rounds"] <= 2 for r in records)
+    evals = [r for r in logged if "eval/reward_mean" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3] and all(r["eval/error_frac"] == 0 for r in evals)  # eval played trajectories as well
 
     adapter = with_lora(load_causal_lm(run_dir / "tiny-model" / "policy"), cfg.learner.lora, "CAUSAL_LM")
     adapter_bytes = sum(p.numel() * p.element_size() for p in adapter.parameters() if p.requires_grad)
