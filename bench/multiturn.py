@@ -1,6 +1,7 @@
 """Multi-turn rollouts against single-turn at the same sampled tokens, on one engine in this process.
 
-    python bench/multiturn.py [--engine vllm|hf] [--trajectories 64] [--turns 4] [--tokens 16] [--repeats 3]
+    python bench/multiturn.py [--engine vllm|hf] [--size tiny|20m] [--trajectories 64] [--turns 4] [--tokens 16]
+                              [--repeats 3]
 
 Single-turn: every request samples ``turns x tokens`` tokens in one call. Multi-turn: every request
 is a trajectory of ``turns`` model turns of ``tokens`` each, with an env that answers each turn with
@@ -15,6 +16,7 @@ trajectories. Target (issue 22): multi-turn at most 1.3x single-turn per sampled
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -28,13 +30,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from rlhf_dist.config.multi_turn import MultiTurnConfig  # noqa: E402
-from rlhf_dist.config.schema import SamplingConfig  # noqa: E402
+from rlhf_dist.config.schema import SamplingConfig, TinyModelConfig  # noqa: E402
 from rlhf_dist.envs import Step  # noqa: E402
+from rlhf_dist.models.loading import load_tokenizer  # noqa: E402
 from rlhf_dist.models.tiny import make_tiny  # noqa: E402
 from rlhf_dist.rollout.engines import make_engine  # noqa: E402
 from rlhf_dist.rollout.multi_turn import MultiTurnSpec, TrajectoryPlayer  # noqa: E402
 from rlhf_dist.rollout.requests import Request, request_seed  # noqa: E402
 from rlhf_dist.rollout.spec import EngineSpec  # noqa: E402
+
+# The model sizes of bench/vs_trl.py: the default tiny Llama (459K parameters) and one of ~20M.
+SIZES = {
+    "tiny": TinyModelConfig(),
+    "20m": TinyModelConfig(hidden_size=512, num_layers=6, num_heads=8, intermediate_size=1408, vocab_size=512),
+}
 
 
 class TalkEnv:
@@ -69,6 +78,7 @@ def timed_engine(engine):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
+    parser.add_argument("--size", choices=tuple(SIZES), default="tiny")
     parser.add_argument("--trajectories", type=int, default=64)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=16, help="sampled tokens per model turn")
@@ -76,11 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     TalkEnv.turns = args.turns
 
-    tiny = make_tiny(Path(tempfile.mkdtemp(prefix="bench-mt-")) / "tiny")
-    spec = EngineSpec(args.engine, str(tiny.policy), str(tiny.policy), "float32", False, 0, 1, 512, 0.5, 1.0, False,
-                      None)
-    engine = make_engine(spec)
-    tok = engine.tokenizer
+    tiny = make_tiny(Path(tempfile.mkdtemp(prefix="bench-mt-")) / "tiny", SIZES[args.size])
+    tok = load_tokenizer(str(tiny.policy), False)
     messages = [{"role": "user", "content": "write letters: the red apple"}]
     prompt = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
                  add_special_tokens=False)["input_ids"]
@@ -93,6 +100,9 @@ def main() -> None:
 
     rows = {}
     for mode in ("single-turn", "multi-turn"):
+        # Each mode on the engine a run of its kind builds (a multi-turn one caches KV in smaller blocks).
+        engine = make_engine(EngineSpec(args.engine, str(tiny.policy), str(tiny.policy), "float32", False, 0, 1, 512,
+                                        0.5, 1.0, False, None, multi_turn=mode == "multi-turn"))
         walls, tokens, engine_s, env_s = [], [], [], []
         for r in range(args.repeats + 1):  # the first call warms the engine up
             generate = timed_engine(engine)
@@ -110,9 +120,11 @@ def main() -> None:
                 tokens.append(sampled)
                 engine_s.append(generate.seconds)
                 env_s.append(env)
+        del engine
+        gc.collect()
         wall = statistics.median(walls)
         rows[mode] = (wall, statistics.mean(tokens), statistics.median(engine_s), statistics.median(env_s))
-    print(f"engine {args.engine}: {args.trajectories} trajectories x {args.turns} turns x {args.tokens} tokens, "
+    print(f"engine {args.engine}, {args.size} model: {args.trajectories} trajectories x {args.turns} turns x {args.tokens} tokens, "
           f"median of {args.repeats}")
     print(f"{'mode':12} {'wall s':>8} {'tokens':>8} {'tokens/s':>9} {'engine s':>9} {'env s (sum)':>12} {'s/token':>10}")
     for mode, (wall, sampled, engine_s, env_s) in rows.items():

@@ -29,6 +29,7 @@ class EngineSpec:
     kv_cache_gib: float  # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
     colocate: bool  # shares GPUs with the learners: vLLM sleeps while they train (placement.colocate)
     lora_rank: int | None  # rank of the adapters each sync sends (learner.lora.r); None = LoRA off, full weights
+    multi_turn: bool = False  # serves the turns of trajectories (rollout.multi_turn is set)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, model_path: str, seed: int) -> EngineSpec:
@@ -47,4 +48,5 @@ class EngineSpec:
             kv_cache_gib=cfg.rollout.kv_cache_gib,
             colocate=cfg.placement.colocate,
             lora_rank=cfg.learner.lora.r if cfg.learner.lora.enabled else None,
+            multi_turn=cfg.rollout.multi_turn is not None,
         )

@@ -20,8 +20,10 @@ from rlhf_dist.weight_sync.adapters import AdapterVersions, vllm_max_lora_rank
 from rlhf_dist.weight_sync.buckets import WeightLayout
 from rlhf_dist.weight_sync.transports import GeneratorRoute
 
-# vLLM's scheduler step on CPU, in tokens (its own CPU default is 4096): see `VLLMEngine.__init__`.
+# vLLM's scheduler step on CPU, in tokens (its own CPU default is 4096): see `VLLMEngine._engine_args`.
 CPU_STEP_TOKENS = 16384
+# vLLM's KV block on CPU for multi-turn engines, in tokens (its CPU default is 128): see `VLLMEngine._engine_args`.
+MULTI_TURN_BLOCK = 32
 
 
 class VLLMEngine:
@@ -45,20 +47,15 @@ class VLLMEngine:
         # mode is a GPU feature (on CPU vLLM accepts the calls and does nothing).
         self.sleep_mode = spec.colocate and torch.cuda.is_available()
         self.asleep = False
-        tp = spec.tensor_parallel_size
-        # On CPU a call is served in batches whose prompts fit one scheduler step (`generate`); a
-        # larger step than vLLM's CPU default (4096 tokens) keeps a whole rollout call, and each turn
-        # call of multi-turn trajectories (whose prompts hold every earlier turn), to one batch.
-        cpu_args = {} if torch.cuda.is_available() else {"max_num_batched_tokens": max(CPU_STEP_TOKENS, spec.max_model_len)}
         self.lora_request = None
-        lora_args = {}
         if spec.lora_rank is not None:  # adapter-only sync: every version arrives as an adapter
             self.adapters = AdapterVersions()
-            # One adapter serves at a time; the CPU cache holds the new one beside the old until eviction.
-            lora_args = dict(
-                enable_lora=True, max_lora_rank=vllm_max_lora_rank(spec.lora_rank), max_loras=1, max_cpu_loras=2
-            )
-        self.llm = LLM(
+        self.llm = LLM(**self._engine_args(spec))
+
+    def _engine_args(self, spec: EngineSpec) -> dict:
+        """`vllm.LLM`'s arguments for ``spec``."""
+        tp = spec.tensor_parallel_size
+        args = dict(
             model=spec.model_path,
             tokenizer=spec.tokenizer_path,
             dtype=spec.dtype,
@@ -71,12 +68,26 @@ class VLLMEngine:
             worker_extension_cls="rlhf_dist.weight_sync.vllm_worker.VLLMWorkerExtension",
             trust_remote_code=spec.trust_remote_code,
             enable_sleep_mode=self.sleep_mode,
+        )
+        if tp > 1:
             # The actor holds its engine's GPUs in one placement bundle (rlhf_dist/planning/placement.py):
             # tensor-parallel ranks are local processes, not Ray actors of their own.
-            **({"distributed_executor_backend": "mp"} if tp > 1 else {}),
-            **lora_args,
-            **cpu_args,
-        )
+            args["distributed_executor_backend"] = "mp"
+        if spec.lora_rank is not None:
+            # One adapter serves at a time; the CPU cache holds the new one beside the old until eviction.
+            args.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(spec.lora_rank), max_loras=1, max_cpu_loras=2)
+        if not torch.cuda.is_available():
+            # A call is served in batches whose prompts fit one scheduler step (`generate`); a larger
+            # step than vLLM's CPU default (4096 tokens) keeps a whole rollout call, and each turn call
+            # of multi-turn trajectories (whose prompts hold every earlier turn), to one batch.
+            args["max_num_batched_tokens"] = max(CPU_STEP_TOKENS, spec.max_model_len)
+            if spec.multi_turn:
+                # Prefix caching reuses whole KV blocks only. With vLLM's 128-token CPU blocks a turn's
+                # prompt rarely shares one with the last, so every turn prefilled the whole conversation
+                # again: 4 turns of 16 tokens cost 4x a single turn of 64 on a 20M model, 1.7x with
+                # 32-token blocks (bench/multiturn.py). Single-turn keeps 128: its decode is faster.
+                args["block_size"] = MULTI_TURN_BLOCK
+        return args
 
     @property
     def tokenizer(self):

@@ -52,6 +52,13 @@ def test_defaults_fall_back_to_the_model_and_full_weights():
     assert spec.colocate is False
 
 
+def test_a_multi_turn_run_gets_a_multi_turn_engine():
+    """vLLM on CPU caches KV in smaller blocks for trajectories (rlhf_dist/rollout/vllm_engine.py)."""
+    multi = load_config(None, ["rollout.multi_turn.env=examples.envs.word_echo:WordEchoEnv", "reward.components=[]"])
+    assert EngineSpec.from_config(multi, "/models/policy", seed=0).multi_turn is True
+    assert EngineSpec.from_config(load_config(None, []), "/models/policy", seed=0).multi_turn is False
+
+
 def test_colocation_reaches_the_engine():
     cfg = load_config(None, COLOCATED)
     assert EngineSpec.from_config(cfg, "/models/policy", seed=0).colocate is True
