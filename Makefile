@@ -32,7 +32,7 @@ run: $(STAMP)
 	$(VENV)/bin/rlhf-dist train
 
 test: $(STAMP) system-tools
-	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=60 $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=60 $(PYTEST_ARGS)
 
 # The monitoring tests use Debian's Prometheus and Chromium. As root with apt-get they are installed
 # here; elsewhere (or if apt fails) those tests skip and say why.

@@ -22,8 +22,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 # The files that take minutes, heaviest first (seconds from `make test`'s --durations, 2026-12-07).
-# They are collected first, and `make test` keeps xdist from reordering files by test count
-# (--no-loadscope-reorder), so `--dist loadfile` hands them out first and the workers finish
+# They are collected first, so `--dist loadfile` hands them out first and the workers finish
 # together on the short files, instead of one worker running a long file alone at the end.
 HEAVY_FILES = (
     "tests/e2e/test_faults.py",  # ~530 s
