@@ -84,7 +84,7 @@ class VLLMEngine:
             if spec.multi_turn:
                 # Prefix caching reuses whole KV blocks only. With vLLM's 128-token CPU blocks a turn's
                 # prompt rarely shares one with the last, so every turn prefilled the whole conversation
-                # again: 4 turns of 16 tokens cost 4x a single turn of 64 on a 20M model, 1.7x with
+                # again: 4 turns of 16 tokens cost 4x a single turn of 64 on a 20M model, 2x with
                 # 32-token blocks (bench/multiturn.py). Single-turn keeps 128: its decode is faster.
                 args["block_size"] = MULTI_TURN_BLOCK
         return args
